@@ -1,0 +1,1 @@
+"""natib actors.launcher."""

@@ -1,0 +1,1 @@
+"""Search algorithms: pure, deterministic functions from (space, history, settings, seed) to assignments."""
