@@ -272,7 +272,8 @@ class ExperimentController:
         except WrongLastSequence:
             return _reply(False, errors=[f'experiments.kubeflow.org "{name}" already exists'])
         log.info("experiment_created", experiment=name, uid=uid)
-        await self.reconcile(name)
+        if self.ctx.replica != "cli":
+            await self.reconcile(name)
         return _reply(True, name=name, uid=uid)
 
     async def api_delete(self, data: bytes) -> bytes:

@@ -61,12 +61,23 @@ async def actors_running(bus: Bus) -> bool:
     return True
 
 
-async def request(bus: Bus, endpoint: str, payload: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Call a controller endpoint; a clear error when no natib is running."""
+async def request(bus: Bus, endpoint: str, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Call a controller endpoint; without running actors, the CLI applies the controller's own logic.
+
+    Either way the controller code decides, so ``natib create`` works before ``natib up`` (the
+    experiment starts when the actors do) and ``natib delete`` works while they are down.
+    """
+    data = msgspec.json.encode(payload)
     try:
-        reply = await bus.request(subjects.api(endpoint), msgspec.json.encode(payload), timeout=timeout)
-    except NoResponders as exc:
-        raise CliError("no natib actors are running: start them with `natib up` (or use `natib run FILE`)") from exc
+        reply = await bus.request(subjects.api(endpoint), data, timeout=settings.request_timeout)
+    except NoResponders:
+        from natib.actors.base import Context
+        from natib.actors.experiment import ExperimentController
+
+        ctx = Context(bus=bus, store=EventStore(bus), settings=settings, stop=asyncio.Event(), replica="cli")
+        controller = ExperimentController(ctx)
+        handler = {"create": controller.api_create, "delete": controller.api_delete}[endpoint]
+        reply = await handler(data)
     out: dict[str, Any] = msgspec.json.decode(reply)
     return out
 
@@ -164,10 +175,10 @@ def _read_experiment_file(path: str) -> tuple[dict[str, Any], str]:
 async def _create(bus: Bus, doc: dict[str, Any], source_dir: str, settings: Settings, *, replace: bool) -> str:
     name = doc["metadata"]["name"]
     if replace:
-        reply = await request(bus, "delete", {"name": name}, settings.request_timeout)
+        reply = await request(bus, "delete", {"name": name}, settings)
         if reply.get("ok"):
             print(f"experiment.kubeflow.org/{name} deleted")
-    reply = await request(bus, "create", {"experiment": doc, "source_dir": source_dir}, settings.request_timeout)
+    reply = await request(bus, "create", {"experiment": doc, "source_dir": source_dir}, settings)
     if not reply.get("ok"):
         raise CliError("\n".join(reply.get("errors") or [str(reply.get("error"))]))
     return name
@@ -424,7 +435,7 @@ async def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     """Delete an experiment: stop its trials and remove its events and logs."""
     bus = await connect(settings)
     try:
-        reply = await request(bus, "delete", {"name": args.name}, settings.request_timeout)
+        reply = await request(bus, "delete", {"name": args.name}, settings)
     finally:
         await bus.close()
     if not reply.get("ok"):
