@@ -312,4 +312,4 @@ def _reply(ok: bool, **fields: object) -> bytes:
     return msgspec.json.encode({"ok": ok, **fields})
 
 
-__all__ = ["Decision", "ExperimentController", "Experiment", "decide", "trial_name", "view", "codec"]
+__all__ = ["Decision", "Experiment", "ExperimentController", "codec", "decide", "trial_name", "view"]

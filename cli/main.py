@@ -17,7 +17,6 @@ import yaml
 
 from natib import __version__
 from natib.messages import codec, subjects
-from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
 from natib.messages.spec import SpecError, load_experiments
 from natib.messages.state import ExperimentState
@@ -56,7 +55,7 @@ async def actors_running(bus: Bus) -> bool:
     """True when a natib controller answers on this NATS."""
     try:
         await bus.request(subjects.api("ping"), b"{}", timeout=2.0)
-    except (NoResponders, Exception):  # noqa: BLE001 - any failure means "not reachable"
+    except (NoResponders, Exception):
         return False
     return True
 

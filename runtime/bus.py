@@ -71,7 +71,7 @@ class Tail:
         """The next message, or None after ``timeout`` seconds without one."""
         try:
             msg = await asyncio.wait_for(self._queue.get(), timeout) if timeout else await self._queue.get()
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         md = msg.metadata
         self.pending = int(md.num_pending)
@@ -294,7 +294,7 @@ class Bus:
                 free = 1 + sum(1 for _ in range(sem._value))  # type: ignore[attr-defined]
                 try:
                     msgs = await sub.fetch(min(free, 64), timeout=0.5)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     sem.release()
                     continue
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
@@ -338,7 +338,7 @@ class Bus:
         except PermanentError as exc:
             await self._dead_letter(msg, raw, dlq, str(exc))
             return
-        except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then dead-lettered
+        except Exception as exc:
             if raw.delivered >= max_deliver:
                 await self._dead_letter(msg, raw, dlq, f"gave up after {raw.delivered} deliveries: {exc!r}")
                 return
@@ -413,7 +413,7 @@ class Bus:
         async def _cb(msg: Msg) -> None:
             try:
                 reply = await handler(msg.data)
-            except Exception as exc:  # noqa: BLE001 - the caller gets the error instead of a timeout
+            except Exception as exc:
                 log.exception("request_failed", subject=subject)
                 reply = b'{"ok": false, "error": ' + _json_str(repr(exc)) + b"}"
             with contextlib.suppress(Exception):

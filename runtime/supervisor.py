@@ -39,7 +39,7 @@ async def supervise(services: Iterable[tuple[str, Callable[[], Awaitable[None]]]
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one actor's crash must not take the others down
+            except Exception:
                 log.exception("service_crashed", service=name, restart_in=delay)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)

@@ -38,7 +38,9 @@ def natib_env(tmp_path: Path, nats_server: TestServer) -> dict[str, str]:
     return env
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real ``natib`` console script."""
     return subprocess.run([NATIB, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=str(cwd or REPO), check=False)

@@ -271,4 +271,4 @@ def launcher_for(ctx: Context) -> LocalLauncher:
     return LocalLauncher(ctx)
 
 
-__all__ = ["LocalLauncher", "launcher_for", "Path"]
+__all__ = ["LocalLauncher", "Path", "launcher_for"]

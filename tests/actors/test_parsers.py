@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from natib.actors.metrics.parsers import (
     DEFAULT_FILTER,
     LEGACY_FILTER,

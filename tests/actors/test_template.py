@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from natib.actors.launcher.template import (
     LocalCommand,
     TemplateError,
