@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import msgspec
 
 
@@ -21,7 +23,7 @@ class LaunchTrial(Command, tag="launch-trial", kw_only=True):
     """Run a trial from its rendered run spec; idempotent by trial name."""
 
     trial: str
-    run_spec: dict[str, object]
+    run_spec: dict[str, Any]
     primary_container_name: str
     source_dir: str | None = None
     metrics_file: str | None = None

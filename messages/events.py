@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -95,7 +96,7 @@ class TrialCreated(Event, tag="trial.created", kw_only=True):
     index: int
     request: int
     assignment: dict[str, str]
-    run_spec: dict[str, object]
+    run_spec: dict[str, Any]
     labels: dict[str, str] = {}
 
 
