@@ -64,7 +64,9 @@ async def spawn_floor(trials: int, parallel: int, argv: list[str]) -> float:
     return time.perf_counter() - start
 
 
-async def through_natib(trials: int, parallel: int, argv: list[str], home: Path, url: str) -> tuple[float, ExperimentState]:
+async def through_natib(
+    trials: int, parallel: int, argv: list[str], home: Path, url: str
+) -> tuple[float, ExperimentState]:
     """Seconds from creating the experiment to its end, with every actor running in this process."""
     settings = Settings(nats_url=url, home=home, drain_timeout=2.0)
     stop, ready = asyncio.Event(), asyncio.Event()

@@ -115,7 +115,11 @@ class EventStore:
                 subjects.controller_event(state.name, kind), codec.encode(env), msg_id=env.id,
                 expect_last_seq=state.last_controller_seq, expect_filter=subjects.controller_events(state.name),
             )
-            state.apply(seq, subjects.controller_event(state.name, kind), env.time, event)
+            if seq == state.last_seq + 1:
+                state.apply(seq, subjects.controller_event(state.name, kind), env.time, event)
+            else:
+                # Other actors' facts landed in between: fold them first, in log order.
+                await self._catch_up_directly(state.name, state, limit=1 << 30, until_seq=seq)
             seqs.append(seq)
         return seqs
 
