@@ -115,6 +115,24 @@ def decide(state: ExperimentState) -> Decision:
     return d
 
 
+def unsupported(exp: Experiment) -> list[str]:
+    """Valid Katib features this natib version cannot run yet, as ``path: reason`` (refused at creation)."""
+    spec = exp.spec
+    out = []
+    mc = spec.metrics_collector_spec
+    kind = mc.collector.kind if mc and mc.collector else "StdOut"
+    if kind not in ("StdOut", None):
+        out.append(f"spec.metricsCollectorSpec.collector.kind: {kind} is not supported by natib yet; "
+                   "use StdOut (print name=value lines)")
+    template = spec.trial_template
+    if template is not None and template.trial_spec is None:
+        out.append("spec.trialTemplate.configMap: trial templates from ConfigMaps need the Kubernetes backend; "
+                   "put the template inline as spec.trialTemplate.trialSpec")
+    if spec.nas_config is not None:
+        out.append("spec.nasConfig: neural architecture search (enas, darts) is not supported by natib yet")
+    return out
+
+
 def render_run_spec(state: ExperimentState, name: str, assignment: dict[str, str]) -> dict[str, Any]:
     """The trial's run spec: the trial template with this trial's parameters substituted."""
     assert state.experiment is not None
@@ -257,9 +275,9 @@ class ExperimentController:
             exp = load_experiment(req["experiment"])
         except SpecError as exc:
             return _reply(False, errors=[str(e) for e in exc.errors])
-        errors = validate_experiment(exp)
+        errors = [str(e) for e in validate_experiment(exp)] or unsupported(exp)
         if errors:
-            return _reply(False, errors=[str(e) for e in errors])
+            return _reply(False, errors=errors)
         name = exp.metadata.name
         state = await self.ctx.store.load(name, fresh=True)
         if state.experiment is not None and not state.deleted:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -105,6 +107,9 @@ async def main() -> None:
     args = parser.parse_args()
     configure_logging("error", "json")
     argv = shlex.split(args.command)
+    # Trials find commands with natib's interpreter directory first on PATH; the floor must run the same binary.
+    trial_path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    argv[0] = shutil.which(argv[0], path=trial_path) or argv[0]
     with tempfile.TemporaryDirectory(prefix="natib-bench-") as tmp, TestServer(Path(tmp) / "nats") as server:
         floor = await spawn_floor(args.trials, args.parallel, argv)
         natib, state = await through_natib(args.trials, args.parallel, argv, Path(tmp) / "home", server.url)

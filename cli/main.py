@@ -16,6 +16,7 @@ import msgspec
 import yaml
 
 from natib import __version__
+from natib.actors.experiment import unsupported
 from natib.messages import codec, subjects
 from natib.messages.codec import UndecodableMessage
 from natib.messages.spec import SpecError, load_experiments
@@ -116,11 +117,19 @@ def last_condition(status: dict[str, Any]) -> str:
     return conds[-1]["type"] if conds else ""
 
 
-def best_summary(status: dict[str, Any]) -> str:
-    """The optimal trial's objective values in one short string."""
-    opt = status.get("currentOptimalTrial") or {}
-    metrics = (opt.get("observation") or {}).get("metrics") or []
-    return " ".join(f"{m['name']}={m['latest']}" for m in metrics[:1])
+def best_summary(doc: dict[str, Any]) -> str:
+    """The optimal trial's objective value, chosen by the objective metric's strategy."""
+    status = doc.get("status") or {}
+    objective = (doc.get("spec") or {}).get("objective") or {}
+    name = objective.get("objectiveMetricName")
+    strategy = next((m.get("value") for m in objective.get("metricStrategies") or [] if m.get("name") == name),
+                    "latest")
+    metrics = ((status.get("currentOptimalTrial") or {}).get("observation") or {}).get("metrics") or []
+    for m in metrics:
+        if m["name"] == name:
+            value = m.get(strategy, "unavailable")
+            return f"{name}={m['latest'] if value == 'unavailable' else value}"
+    return ""
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -165,7 +174,7 @@ def _read_experiment_file(path: str) -> tuple[dict[str, Any], str]:
         raise CliError("\n".join(f"{path}: {e}" for e in exc.errors)) from exc
     if len(exps) != 1:
         raise CliError(f"{path}: expected one Experiment, found {len(exps)}")
-    errors = validate_experiment(exps[0])
+    errors = [str(e) for e in validate_experiment(exps[0])] or unsupported(exps[0])
     if errors:
         raise CliError("\n".join(f"{path}: {e}" for e in errors))
     return msgspec.to_builtins(exps[0]), str(p.resolve().parent)
@@ -312,7 +321,7 @@ async def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
             rows = [[i["metadata"]["name"], last_condition(i["status"]), str(i["status"].get("trials", 0)),
                      str(i["status"].get("trialsSucceeded", 0)), str(i["status"].get("trialsFailed", 0)),
-                     best_summary(i["status"]), age(i["status"].get("startTime"))] for i in items]
+                     best_summary(i), age(i["status"].get("startTime"))] for i in items]
             print(table(rows, ["NAME", "STATUS", "TRIALS", "SUCCEEDED", "FAILED", "BEST", "AGE"]) if rows
                   else "No experiments found.")
             return 0
@@ -558,6 +567,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. `head`) went away; stop quietly like other Unix tools.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

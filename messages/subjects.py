@@ -89,7 +89,7 @@ def dead_letter(kind: str) -> str:
 
 
 def api(endpoint: str) -> str:
-    """Request/reply endpoint served by the experiment controller (create, delete, patch, ping)."""
+    """Request/reply endpoint served by the experiment controller (create, delete, ping)."""
     return f"natib.api.{endpoint}"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import NATIB, REPO, run_cli
 
 EXAMPLES = REPO / "examples"
 
@@ -204,3 +204,25 @@ def test_validate_reports_every_error_with_path(tmp_path: Path, natib_env: dict[
     assert "spec.objective.type: must be minimize or maximize" in out
     assert "spec.parameters[0].feasibleSpace" in out
     assert f"{good}: valid" in out
+
+
+def test_run_refuses_features_natib_cannot_run_yet(tmp_path: Path, natib_env: dict[str, str]) -> None:
+    path = write(tmp_path, "file-mc", experiment_yaml(
+        "file-mc", "echo score=${trialParameters.x} > /tmp/never-read", params=[int_param("x", 1, 9)],
+        extra={"metricsCollectorSpec": {"collector": {"kind": "File"}, "source": {
+            "fileSystemPath": {"path": "/var/log/katib/metrics.log", "kind": "File", "format": "TEXT"}}}},
+    ))
+    assert run_cli(natib_env, "validate", str(path)).returncode == 0, "it is a valid Katib experiment"
+    run = run_cli(natib_env, "run", str(path))
+    assert run.returncode == 1
+    assert "spec.metricsCollectorSpec.collector.kind: File is not supported by natib yet" in run.stderr
+
+
+def test_output_into_a_closed_pipe_is_quiet(natib_env: dict[str, str]) -> None:
+    import subprocess
+
+    assert run_cli(natib_env, "run", "examples/shell.yaml", "-q").returncode == 0
+    proc = subprocess.run(f"'{NATIB}' events shell-sh | head -1", shell=True, env=natib_env,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert "experiment.created" in proc.stdout
+    assert "Traceback" not in proc.stderr
