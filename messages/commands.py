@@ -11,7 +11,7 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of every command; ``type`` (the tag) names the request."""
 
 
-class SuggestTrials(Command, tag="suggest-trials", kw_only=True):
+class SuggestTrials(Command, tag="suggest-trials", frozen=True, kw_only=True):
     """Ask the suggestion actor for ``count`` assignments from the history up to stream sequence ``as_of``."""
 
     request: int
@@ -19,7 +19,7 @@ class SuggestTrials(Command, tag="suggest-trials", kw_only=True):
     as_of: int
 
 
-class LaunchTrial(Command, tag="launch-trial", kw_only=True):
+class LaunchTrial(Command, tag="launch-trial", frozen=True, kw_only=True):
     """Run a trial from its rendered run spec; idempotent by trial name."""
 
     trial: str
@@ -29,7 +29,7 @@ class LaunchTrial(Command, tag="launch-trial", kw_only=True):
     metrics_file: str | None = None
 
 
-class StopTrial(Command, tag="stop-trial", kw_only=True):
+class StopTrial(Command, tag="stop-trial", frozen=True, kw_only=True):
     """Stop a trial's process or job; ``reason`` is Killed, EarlyStopped or Deleted."""
 
     trial: str

@@ -23,7 +23,7 @@ class Metric(msgspec.Struct, frozen=True, kw_only=True, rename="camel"):
     latest: str = "unavailable"
 
 
-class ExperimentCreated(Event, tag="experiment.created", kw_only=True):
+class ExperimentCreated(Event, tag="experiment.created", frozen=True, kw_only=True):
     """An experiment was accepted: its full, defaulted spec, identity and random seed."""
 
     experiment: Experiment
@@ -32,31 +32,31 @@ class ExperimentCreated(Event, tag="experiment.created", kw_only=True):
     source_dir: str | None = None
 
 
-class ExperimentRunning(Event, tag="experiment.running", kw_only=True):
+class ExperimentRunning(Event, tag="experiment.running", frozen=True, kw_only=True):
     """The controller started (or restarted) creating trials."""
 
     message: str = "Experiment is running"
 
 
-class ExperimentSucceeded(Event, tag="experiment.succeeded", kw_only=True):
+class ExperimentSucceeded(Event, tag="experiment.succeeded", frozen=True, kw_only=True):
     """The experiment finished successfully; ``reason`` is one of Katib's Succeeded reasons."""
 
     reason: str
     message: str
 
 
-class ExperimentFailed(Event, tag="experiment.failed", kw_only=True):
+class ExperimentFailed(Event, tag="experiment.failed", frozen=True, kw_only=True):
     """The experiment failed; ``message`` says why."""
 
     reason: str = "ExperimentFailed"
     message: str
 
 
-class ExperimentDeleted(Event, tag="experiment.deleted", kw_only=True):
+class ExperimentDeleted(Event, tag="experiment.deleted", frozen=True, kw_only=True):
     """The user deleted the experiment; its trials are being stopped."""
 
 
-class BudgetChanged(Event, tag="experiment.budget-changed", kw_only=True):
+class BudgetChanged(Event, tag="experiment.budget-changed", frozen=True, kw_only=True):
     """The user edited parallelTrialCount, maxTrialCount or maxFailedTrialCount."""
 
     max_trial_count: int | None = None
@@ -64,14 +64,14 @@ class BudgetChanged(Event, tag="experiment.budget-changed", kw_only=True):
     max_failed_trial_count: int | None = None
 
 
-class SuggestionRequested(Event, tag="suggestion.requested", kw_only=True):
+class SuggestionRequested(Event, tag="suggestion.requested", frozen=True, kw_only=True):
     """The controller asked the suggestion actor for ``count`` new assignments."""
 
     request: int
     count: int
 
 
-class TrialsSuggested(Event, tag="suggestion.made", kw_only=True):
+class TrialsSuggested(Event, tag="suggestion.made", frozen=True, kw_only=True):
     """The algorithm's answer to a request, computed from the history up to stream sequence ``as_of``."""
 
     request: int
@@ -82,14 +82,14 @@ class TrialsSuggested(Event, tag="suggestion.made", kw_only=True):
     exhausted: bool = False
 
 
-class SuggestionFailed(Event, tag="suggestion.failed", kw_only=True):
+class SuggestionFailed(Event, tag="suggestion.failed", frozen=True, kw_only=True):
     """The algorithm could not answer a request."""
 
     request: int
     message: str
 
 
-class TrialCreated(Event, tag="trial.created", kw_only=True):
+class TrialCreated(Event, tag="trial.created", frozen=True, kw_only=True):
     """The controller created a trial from a suggested assignment, with its rendered run spec."""
 
     trial: str
@@ -100,7 +100,7 @@ class TrialCreated(Event, tag="trial.created", kw_only=True):
     labels: dict[str, str] = {}
 
 
-class TrialStarted(Event, tag="trial.started", kw_only=True):
+class TrialStarted(Event, tag="trial.started", frozen=True, kw_only=True):
     """The launcher started (or re-attached to) the trial's process or job."""
 
     trial: str
@@ -110,7 +110,7 @@ class TrialStarted(Event, tag="trial.started", kw_only=True):
     workdir: str | None = None
 
 
-class MetricReported(Event, tag="trial.metric", kw_only=True):
+class MetricReported(Event, tag="trial.metric", frozen=True, kw_only=True):
     """One metric value reported by a running trial, in report order (``step``)."""
 
     trial: str
@@ -121,7 +121,7 @@ class MetricReported(Event, tag="trial.metric", kw_only=True):
     timestamp: datetime | None = None
 
 
-class TrialSucceeded(Event, tag="trial.succeeded", kw_only=True):
+class TrialSucceeded(Event, tag="trial.succeeded", frozen=True, kw_only=True):
     """The trial exited successfully and reported its objective metric."""
 
     trial: str
@@ -131,7 +131,7 @@ class TrialSucceeded(Event, tag="trial.succeeded", kw_only=True):
     message: str = "Trial has succeeded"
 
 
-class TrialFailed(Event, tag="trial.failed", kw_only=True):
+class TrialFailed(Event, tag="trial.failed", frozen=True, kw_only=True):
     """The trial could not run or exited with an error."""
 
     trial: str
@@ -142,7 +142,7 @@ class TrialFailed(Event, tag="trial.failed", kw_only=True):
     exit_code: int | None = None
 
 
-class TrialMetricsUnavailable(Event, tag="trial.metrics-unavailable", kw_only=True):
+class TrialMetricsUnavailable(Event, tag="trial.metrics-unavailable", frozen=True, kw_only=True):
     """The trial exited successfully but its objective metric never appeared."""
 
     trial: str
@@ -152,7 +152,7 @@ class TrialMetricsUnavailable(Event, tag="trial.metrics-unavailable", kw_only=Tr
     message: str = "Metrics are not available"
 
 
-class TrialKilled(Event, tag="trial.killed", kw_only=True):
+class TrialKilled(Event, tag="trial.killed", frozen=True, kw_only=True):
     """The trial was stopped because its experiment finished or was deleted."""
 
     trial: str
@@ -161,7 +161,7 @@ class TrialKilled(Event, tag="trial.killed", kw_only=True):
     message: str = "Trial was killed"
 
 
-class TrialEarlyStopped(Event, tag="trial.early-stopped", kw_only=True):
+class TrialEarlyStopped(Event, tag="trial.early-stopped", frozen=True, kw_only=True):
     """The trial was stopped by the early-stopping rule; its observation keeps what it reported."""
 
     trial: str

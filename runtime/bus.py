@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from datetime import datetime
 
 import nats
@@ -60,7 +61,7 @@ class Tail:
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Msg] = asyncio.Queue()
-        self.sub = None
+        self.sub: Any = None
         self.pending = -1
 
     async def put(self, msg: Msg) -> None:
@@ -202,7 +203,7 @@ class Bus:
             m = await self.js.get_msg(stream, seq=max(1, start_seq), next=True, subject=subject)
         except nats.js.errors.NotFoundError:
             return None
-        return RawMessage(m.subject, m.data or b"", int(m.seq or 0), dict(m.headers or {}))
+        return RawMessage(m.subject or "", m.data or b"", int(m.seq or 0), dict(m.headers or {}))
 
     async def get_last(self, stream: str, subject: str) -> RawMessage | None:
         """The last message on an exact subject, or None."""
@@ -210,7 +211,7 @@ class Bus:
             m = await self.js.get_last_msg(stream, subject)
         except nats.js.errors.NotFoundError:
             return None
-        return RawMessage(m.subject, m.data or b"", int(m.seq or 0), dict(m.headers or {}))
+        return RawMessage(m.subject or "", m.data or b"", int(m.seq or 0), dict(m.headers or {}))
 
     async def read(self, stream: str, subject: str, *, start_seq: int = 1, until_seq: int | None = None,
                    follow: bool = False) -> AsyncIterator[RawMessage]:
