@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -14,6 +14,7 @@ from natib.messages import subjects
 from natib.messages.commands import LaunchTrial, StopTrial, SuggestTrials
 from natib.messages.spec import Experiment, load_experiment
 from natib.messages.state import ExperimentState
+from tests.eventlog import EventLog
 
 NAME = "decide-exp"
 UID = "uid-42"
@@ -43,23 +44,11 @@ def experiment(parallel: int = 2, max_trials: int | None = 4, max_failed: int | 
     return load_experiment(yaml.safe_dump(doc))
 
 
-class Sim:
+class Sim(EventLog):
     """Folds events and applies the controller's decisions the way the controller appends them."""
 
     def __init__(self, exp: Experiment | None = None) -> None:
-        self.state = ExperimentState(NAME)
-        self.seq = 0
-        self.ctl(ev.ExperimentCreated(experiment=exp or experiment(), uid=UID, seed=3))
-
-    def apply(self, subject: str, event: ev.Event) -> None:
-        self.seq += 1
-        self.state.apply(self.seq, subject, T0 + timedelta(seconds=self.seq), event)
-
-    def ctl(self, event: ev.Event) -> None:
-        self.apply(subjects.controller_event(NAME, ev.event_type(event)), event)
-
-    def fact(self, event: ev.Event) -> None:
-        self.apply(subjects.trial_event(NAME, event.trial, ev.event_type(event)), event)  # type: ignore[attr-defined]
+        super().__init__(NAME, exp or experiment(), uid=UID, seed=3)
 
     def step(self) -> Decision:
         d = decide(self.state)

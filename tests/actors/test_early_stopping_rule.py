@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -10,10 +10,9 @@ import yaml
 
 from natib.actors.early_stopping import evaluate
 from natib.messages import events as ev
-from natib.messages import subjects
 from natib.messages.commands import StopTrial
 from natib.messages.spec import Experiment, load_experiment
-from natib.messages.state import ExperimentState
+from tests.eventlog import EventLog
 
 NAME = "es-exp"
 T0 = datetime(2024, 5, 1, tzinfo=UTC)
@@ -33,22 +32,12 @@ def experiment(objective: str = "minimize", *, early_stopping: bool = True, min_
                                            "metadata": {"name": NAME}, "spec": spec}))
 
 
-class Log:
+class Log(EventLog):
+    """A started medianstop experiment."""
+
     def __init__(self, exp: Experiment) -> None:
-        self.state = ExperimentState(NAME)
-        self.seq = 0
-        self.ctl(ev.ExperimentCreated(experiment=exp, uid="u", seed=1))
+        super().__init__(NAME, exp)
         self.ctl(ev.ExperimentRunning())
-
-    def apply(self, subject: str, event: ev.Event) -> None:
-        self.seq += 1
-        self.state.apply(self.seq, subject, T0 + timedelta(seconds=self.seq), event)
-
-    def ctl(self, event: ev.Event) -> None:
-        self.apply(subjects.controller_event(NAME, ev.event_type(event)), event)
-
-    def fact(self, event: ev.Event) -> None:
-        self.apply(subjects.trial_event(NAME, event.trial, ev.event_type(event)), event)  # type: ignore[attr-defined]
 
     def trial(self, name: str, *values: float, outcome: type[ev.Event] | None = None) -> None:
         index = self.state.next_trial_index
