@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -15,40 +16,7 @@ from natib.messages import commands as cmd
 from natib.messages import events as ev
 from natib.messages.spec import load_experiment
 
-EXPERIMENT_YAML = """
-apiVersion: kubeflow.org/v1beta1
-kind: Experiment
-metadata:
-  name: codec-exp
-spec:
-  objective:
-    type: minimize
-    goal: 0.1
-    objectiveMetricName: loss
-  algorithm:
-    algorithmName: random
-  parallelTrialCount: 2
-  maxTrialCount: 4
-  parameters:
-    - name: lr
-      parameterType: double
-      feasibleSpace: {min: "0.01", max: "0.1"}
-  trialTemplate:
-    primaryContainerName: main
-    trialParameters:
-      - name: lr
-        reference: lr
-    trialSpec:
-      apiVersion: batch/v1
-      kind: Job
-      spec:
-        template:
-          spec:
-            containers:
-              - name: main
-                image: python:3.11
-                command: ["python", "train.py", "--lr=${trialParameters.lr}"]
-"""
+EXPERIMENT_YAML = (Path(__file__).parent / "data" / "valid" / "random.yaml").read_text()
 
 OBS = [ev.Metric(name="loss", min="0.1", max="0.9", latest="0.2")]
 RUN_SPEC: dict[str, object] = {"kind": "Job", "spec": {"containers": [{"name": "main", "args": ["--lr=0.05"]}]}}
