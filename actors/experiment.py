@@ -18,8 +18,8 @@ import msgspec
 
 from natib.actors.base import Context, Outgoing, experiment_key, send
 from natib.actors.launcher.template import TemplateError, render_trial_spec
-from natib.messages import codec, subjects
 from natib.messages import events as ev
+from natib.messages import subjects
 from natib.messages.commands import LaunchTrial, StopTrial, SuggestTrials
 from natib.messages.spec import Experiment, SpecError, load_experiment
 from natib.messages.state import ExperimentState
@@ -330,4 +330,4 @@ def _reply(ok: bool, **fields: object) -> bytes:
     return msgspec.json.encode({"ok": ok, **fields})
 
 
-__all__ = ["Decision", "Experiment", "ExperimentController", "codec", "decide", "trial_name", "view"]
+__all__ = ["Decision", "ExperimentController", "decide", "trial_name", "unsupported", "view"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from datetime import UTC, datetime
 
 from natib.messages import codec, subjects
 from natib.messages import events as ev
@@ -143,7 +142,3 @@ def decision_id(state: ExperimentState, event: ev.Event) -> str:
     # Lifecycle events can repeat across restarts, so the sequence they follow is part of the id.
     return f"{uid}:{kind}:{state.last_controller_seq}"
 
-
-def now() -> datetime:
-    """The current UTC time."""
-    return datetime.now(UTC)

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import socket
-from pathlib import Path
 
 from natib.actors.base import Context
 from natib.actors.launcher.local import (
@@ -271,4 +270,4 @@ def launcher_for(ctx: Context) -> LocalLauncher:
     return LocalLauncher(ctx)
 
 
-__all__ = ["LocalLauncher", "Path", "launcher_for"]
+__all__ = ["LocalLauncher", "launcher_for"]
