@@ -1,18 +1,45 @@
-"""Algorithm lookup by Katib name; a new algorithm is one import and one entry in ``_BUILTIN``."""
+"""Algorithm lookup by Katib name; a new built-in algorithm is one entry in ``_BUILTIN``."""
 
 from __future__ import annotations
 
+import importlib
 from typing import TypeVar
 
 from natib.algorithms.base import Algorithm
-from natib.algorithms.grid import GridSearch
-from natib.algorithms.random import RandomSearch
 
 _A = TypeVar("_A", bound=type[Algorithm])
 
-_BUILTIN: tuple[type[Algorithm], ...] = (RandomSearch, GridSearch)
+#: Katib algorithm name -> "module:Class" of its implementation, in the order names are listed.
+_BUILTIN: dict[str, str] = {
+    "random": "natib.algorithms.random:RandomSearch",
+    "grid": "natib.algorithms.grid:GridSearch",
+    "sobol": "natib.algorithms.sobol:SobolSearch",
+    "tpe": "natib.algorithms.tpe:TPE",
+    "multivariate-tpe": "natib.algorithms.tpe:MultivariateTPE",
+    "bayesianoptimization": "natib.algorithms.gp:BayesianOptimization",
+    "cmaes": "natib.algorithms.cmaes:CMAES",
+    "hyperband": "natib.algorithms.hyperband:Hyperband",
+    "successive-halving": "natib.algorithms.hyperband:SuccessiveHalving",
+    "pbt": "natib.algorithms.pbt:PBT",
+}
 
-_ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in _BUILTIN}
+
+def _load_builtin() -> dict[str, type[Algorithm]]:
+    """Import every built-in algorithm whose module is installed (a missing module is simply not offered)."""
+    out: dict[str, type[Algorithm]] = {}
+    for name, target in _BUILTIN.items():
+        module_name, _, cls_name = target.partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        out[name] = getattr(module, cls_name)
+    return out
+
+
+_ALGORITHMS: dict[str, type[Algorithm]] = _load_builtin()
 
 #: Names of the algorithms natib ships, in registration order.
 KNOWN_ALGORITHMS: tuple[str, ...] = tuple(_ALGORITHMS)
