@@ -6,7 +6,7 @@ It works with every collector, because every value arrives as a ``MetricReported
 from __future__ import annotations
 
 from natib.actors.base import Context, Outgoing, send
-from natib.algorithms.early_stopping import MedianStop
+from natib.algorithms.early_stopping import PeerSelection, early_stopping_rule
 from natib.messages import codec, subjects
 from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
@@ -28,15 +28,20 @@ def objective_series(state: ExperimentState, trial: str) -> list[float]:
     return [v for log_ in t.metric_logs if log_.name == metric and (v := as_float(log_.value)) is not None]
 
 
-def completed_series(state: ExperimentState, trial: str) -> list[list[float]]:
-    """The objective series of every other trial that completed with a result."""
+def peer_series(state: ExperimentState, trial: str, peers: PeerSelection) -> list[list[float]]:
+    """The objective series of the other trials a rule compares with.
+
+    ``completed``: every other trial that completed with a result (Succeeded or EarlyStopped), as Katib's
+    medianstop does. ``all``: every other trial that has reported an objective value, running ones included.
+    """
     assert state.experiment is not None
-    metric = state.experiment.spec.objective.objective_metric_name
     out = []
     for t in state.trials.values():
-        if t.name == trial or t.phase not in ("Succeeded", "EarlyStopped"):
+        if t.name == trial or (peers == "completed" and t.phase not in ("Succeeded", "EarlyStopped")):
             continue
-        out.append([v for log_ in t.metric_logs if log_.name == metric and (v := as_float(log_.value)) is not None])
+        series = objective_series(state, t.name)
+        if series or peers == "completed":
+            out.append(series)
     return out
 
 
@@ -49,13 +54,12 @@ def evaluate(state: ExperimentState, trial: str) -> StopTrial | None:
     if t is None or t.phase != "Running":
         return None
     settings = {s.name: s.value for s in (exp.spec.early_stopping.algorithm_settings or [])}
-    rule = MedianStop.from_settings(settings)
+    rule = early_stopping_rule(exp.spec.early_stopping.algorithm_name, settings)
     values = objective_series(state, trial)
-    if rule.should_stop(values, completed_series(state, trial), exp.spec.objective.type):
-        median = rule.threshold(len(values), completed_series(state, trial))
+    others = peer_series(state, trial, rule.peers)
+    if rule.should_stop(values, others, exp.spec.objective.type):
         return StopTrial(trial=trial, reason="EarlyStopped",
-                         message=f"Trial is early stopped: objective worse than the median {median} at step "
-                                 f"{len(values)}")
+                         message=f"Trial is early stopped: {rule.explain(values, others, exp.spec.objective.type)}")
     return None
 
 

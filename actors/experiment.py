@@ -119,11 +119,6 @@ def unsupported(exp: Experiment) -> list[str]:
     """Valid Katib features this natib version cannot run yet, as ``path: reason`` (refused at creation)."""
     spec = exp.spec
     out = []
-    mc = spec.metrics_collector_spec
-    kind = mc.collector.kind if mc and mc.collector else "StdOut"
-    if kind not in ("StdOut", None):
-        out.append(f"spec.metricsCollectorSpec.collector.kind: {kind} is not supported by natib yet; "
-                   "use StdOut (print name=value lines)")
     template = spec.trial_template
     if template is not None and template.trial_spec is None:
         out.append("spec.trialTemplate.configMap: trial templates from ConfigMaps need the Kubernetes backend; "
@@ -148,9 +143,11 @@ def launch_command(state: ExperimentState, name: str, run_spec: dict[str, Any]) 
     """The LaunchTrial command for a trial."""
     assert state.experiment is not None
     template = state.experiment.spec.trial_template
+    spec = state.experiment.spec
+    collector = msgspec.to_builtins(spec.metrics_collector_spec) if spec.metrics_collector_spec else None
     return Outgoing("launcher", state.name, LaunchTrial(
         trial=name, run_spec=run_spec, primary_container_name=template.primary_container_name or "",
-        source_dir=state.source_dir,
+        source_dir=state.source_dir, metrics_collector=collector, metric_names=spec.metric_names(),
     ), f"{state.uid}:launch:{name}")
 
 

@@ -27,6 +27,8 @@ class LaunchTrial(Command, tag="launch-trial", frozen=True, kw_only=True):
     primary_container_name: str
     source_dir: str | None = None
     metrics_file: str | None = None
+    metrics_collector: dict[str, Any] | None = None
+    metric_names: list[str] = []
 
 
 class StopTrial(Command, tag="stop-trial", frozen=True, kw_only=True):

@@ -73,9 +73,21 @@ def commands_for(actor: str) -> str:
     return f"natib.cmd.{actor}.>"
 
 
-def trial_log(experiment: str, trial: str) -> str:
-    """Raw output of one trial."""
-    return f"natib.log.{check_token(experiment, 'experiment')}.{check_token(trial, 'trial')}"
+#: Where a trial's metrics come from: its output, a metrics file, TensorFlow event files, a Prometheus
+#: endpoint, a custom collector process, or ``natib.report_metrics`` calls.
+LOG_SOURCES = ("out", "file", "tfevent", "prom", "custom", "push")
+
+
+def trial_log(experiment: str, trial: str, source: str = "out") -> str:
+    """Raw output (``out``) or another metrics source of one trial."""
+    if source not in LOG_SOURCES:
+        raise ValueError(f"unknown trial log source {source!r}")
+    return f"natib.log.{check_token(experiment, 'experiment')}.{check_token(trial, 'trial')}.{source}"
+
+
+def trial_logs(experiment: str, trial: str) -> str:
+    """Every source of one trial."""
+    return f"natib.log.{check_token(experiment, 'experiment')}.{check_token(trial, 'trial')}.>"
 
 
 def experiment_logs(experiment: str) -> str:

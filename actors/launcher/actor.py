@@ -11,6 +11,9 @@ import asyncio
 import contextlib
 import os
 import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from natib.actors.base import Context
 from natib.actors.launcher.local import (
@@ -24,11 +27,25 @@ from natib.actors.launcher.local import (
     trial_env,
     working_dir,
 )
+from natib.actors.launcher.sources import (
+    Chunk,
+    CustomSource,
+    FileSource,
+    FileTail,
+    PrometheusSource,
+    TFEventSource,
+    collector_kind,
+    local_mount,
+    mount_path,
+    poll_all,
+    rewrite,
+)
 from natib.actors.launcher.template import TemplateError, find_primary_container, local_command
 from natib.messages import codec, subjects
 from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
 from natib.messages.commands import LaunchTrial, StopTrial
+from natib.messages.subjects import LOG_SOURCES
 from natib.runtime.bus import RawMessage
 from natib.runtime.errors import PermanentError
 from natib.runtime.logging import get_logger
@@ -36,9 +53,9 @@ from natib.runtime.logging import get_logger
 log = get_logger("natib.launcher")
 
 KIND = "launcher"
-CHUNK_BYTES = 64 * 1024
 POLL_SECONDS = 0.05
 STOP_GRACE_SECONDS = 5.0
+CUSTOM_GRACE_SECONDS = 10.0
 
 H_ATTEMPT = "Natib-Attempt"
 H_CHUNK = "Natib-Chunk"
@@ -47,6 +64,14 @@ H_EOF = "Natib-Eof"
 H_EXIT = "Natib-Exit-Code"
 H_STOP = "Natib-Stop-Reason"
 H_STOP_MESSAGE = "Natib-Stop-Message"
+
+
+@dataclass
+class Position:
+    """How far a trial's sources have been shipped: the next chunk number and each source's byte offset."""
+
+    chunk: int = 0
+    offsets: dict[str, int] = field(default_factory=dict)
 
 
 class LocalLauncher:
@@ -110,7 +135,7 @@ class LocalLauncher:
                 proc, pid = started, started.pid
             self._running[cmd.trial] = pid
         try:
-            await self._follow(experiment, cmd.trial, td, pid, attempt, proc)
+            await self._follow(experiment, cmd.trial, td, pid, attempt, proc, cmd)
         finally:
             self._running.pop(cmd.trial, None)
             self._start_locks.pop(cmd.trial, None)
@@ -135,19 +160,30 @@ class LocalLauncher:
             "KATIB_TRIAL_NAME": cmd.trial, "NATIB_TRIAL_NAME": cmd.trial, "NATIB_EXPERIMENT": experiment,
             "NATIB_TRIAL_DIR": str(td.path), "NATIB_ATTEMPT": str(attempt),
         }
-        if self.ctx.settings.nats_url:
-            extra["NATS_URL"] = self.ctx.settings.nats_url
+        nats_url = self._nats_url()
+        if nats_url:
+            extra["NATS_URL"] = nats_url
         env = trial_env(dict(os.environ), local.env, extra)
         cwd = working_dir(local.working_dir, cmd.source_dir, td.path)
+        argv = list(local.argv)
+        mount = mount_path(cmd.metrics_collector)
+        if mount is not None:
+            mounted, local_dir = local_mount(td.path, *mount)
+            local_dir.mkdir(parents=True, exist_ok=True)
+            argv = rewrite(argv, mounted, local_dir)
+            env = dict(zip(env, rewrite(list(env.values()), mounted, local_dir), strict=True))
+            env["NATIB_METRICS_PATH"] = rewrite([mount[0]], mounted, local_dir)[0]
         try:
             proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", WRAPPER, "natib-trial", str(td.output), str(td.exit_code_file), *local.argv,
+                "/bin/sh", "-c", WRAPPER, "natib-trial", str(td.output), str(td.exit_code_file), *argv,
                 cwd=str(cwd), env=env, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
         except OSError as exc:
             await self._fail(experiment, cmd.trial, td, f"cannot start trial: {exc}")
             return None
+        if collector_kind(cmd.metrics_collector) == "Custom":
+            await self._start_custom(cmd, td, env, cwd, mount)
         ticks = process_start_ticks(proc.pid) or 0
         (td.pid_file.with_suffix(".tmp")).write_text(f"{proc.pid} {ticks} {attempt}")
         os.replace(td.pid_file.with_suffix(".tmp"), td.pid_file)
@@ -161,12 +197,65 @@ class LocalLauncher:
                  argv0=local.argv[0])
         return proc
 
+    def _nats_url(self) -> str | None:
+        """The NATS address trials use for ``natib.report_metrics``."""
+        url = self.ctx.settings.nats_url
+        if url:
+            return url
+        connected = getattr(self.ctx.bus.nc, "connected_url", None)
+        return connected.geturl() if connected is not None else None
+
+    async def _start_custom(self, cmd: LaunchTrial, td: TrialDir, env: dict[str, str], cwd: Path,
+                            mount: tuple[str, str] | None) -> None:
+        """Run the experiment's custom collector container beside the trial, its output going to custom.log."""
+        container = ((cmd.metrics_collector or {}).get("collector") or {}).get("customCollector") or {}
+        try:
+            custom = local_command(container)
+        except TemplateError as exc:
+            log.warning("custom_collector_unusable", trial=cmd.trial, error=str(exc))
+            return
+        argv, cenv = list(custom.argv), {**env, **custom.env}
+        if mount is not None:
+            mounted, local_dir = local_mount(td.path, *mount)
+            argv = rewrite(argv, mounted, local_dir)
+            cenv = dict(zip(cenv, rewrite(list(cenv.values()), mounted, local_dir), strict=True))
+        log_path = td.path / "custom.log"
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", WRAPPER, "natib-collector", str(log_path), str(td.path / "custom.exit"), *argv,
+            cwd=str(cwd), env=cenv, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        (td.path / "custom.pid").write_text(f"{proc.pid} {process_start_ticks(proc.pid) or 0}")
+        log.info("custom_collector_started", trial=cmd.trial, pid=proc.pid, argv0=argv[0])
+
+    def _sources(self, cmd: LaunchTrial, td: TrialDir) -> list[Any]:
+        """The metric sources to follow next to this trial, from the experiment's collector spec."""
+        kind = collector_kind(cmd.metrics_collector)
+        mount = mount_path(cmd.metrics_collector)
+        if kind == "File" and mount is not None:
+            _mounted, local_dir = local_mount(td.path, *mount)
+            return [FileSource(local_dir, mount[1], mount[0])]
+        if kind == "TensorFlowEvent" and mount is not None:
+            _mounted, local_dir = local_mount(td.path, *mount)
+            return [TFEventSource(local_dir, cmd.metric_names)]
+        if kind == "PrometheusMetric":
+            return [PrometheusSource(cmd.metrics_collector or {}, cmd.metric_names)]
+        if kind == "Custom":
+            return [CustomSource(td.path / "custom.log")]
+        return []
+
     async def _follow(self, experiment: str, trial: str, td: TrialDir, pid: int, attempt: int,
-                      proc: asyncio.subprocess.Process | None) -> None:
-        chunk, offset = await self._published_position(experiment, trial, attempt)
+                      proc: asyncio.subprocess.Process | None, cmd: LaunchTrial) -> None:
+        pos = await self._published_position(experiment, trial, attempt)
+        sources = self._sources(cmd, td)
+        for source in sources:
+            if isinstance(source, CustomSource):
+                source.tail.offset = pos.offsets.get("custom", 0)
+            elif isinstance(source, FileSource) and source.kind == "File":
+                source.tails[source.root] = FileTail(source.root, pos.offsets.get("file", 0))
         ticks = (td.read_pid() or (pid, 0, attempt))[1]
         while True:
-            chunk, offset = await self._ship(experiment, trial, td, attempt, chunk, offset)
+            await self._ship(experiment, trial, td, attempt, pos, sources)
             if proc is not None:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(proc.wait(), POLL_SECONDS * 4)
@@ -176,39 +265,69 @@ class LocalLauncher:
                 if not alive(pid, ticks):
                     break
                 await asyncio.sleep(POLL_SECONDS * 4)
-        chunk, offset = await self._ship(experiment, trial, td, attempt, chunk, offset)
+        await self._finish_custom(td, experiment, trial, attempt, pos, sources)
+        await self._ship(experiment, trial, td, attempt, pos, sources)
         exit_code = td.exit_code()
         if exit_code is None and proc is not None and proc.returncode is not None and td.stopped() is None:
             exit_code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
-        await self._publish_end(experiment, trial, td, attempt=attempt, chunk=chunk, exit_code=exit_code)
+        await self._publish_end(experiment, trial, td, attempt=attempt, chunk=pos.chunk, exit_code=exit_code)
         log.info("trial_exited", experiment=experiment, trial=trial, exit_code=exit_code,
                  stopped=(td.stopped() or ("", ""))[0] or None)
 
-    async def _published_position(self, experiment: str, trial: str, attempt: int) -> tuple[int, int]:
-        last = await self.ctx.bus.get_last(subjects.LOGS_STREAM, subjects.trial_log(experiment, trial))
-        if last is None or int(last.headers.get(H_ATTEMPT, "0")) != attempt:
-            prior = int(last.headers.get(H_CHUNK, "-1")) + 1 if last is not None else 0
-            return prior, 0
-        return int(last.headers.get(H_CHUNK, "0")) + 1, int(last.headers.get(H_OFFSET, "0"))
-
-    async def _ship(self, experiment: str, trial: str, td: TrialDir, attempt: int, chunk: int,
-                    offset: int) -> tuple[int, int]:
+    async def _finish_custom(self, td: TrialDir, experiment: str, trial: str, attempt: int, pos: Position,
+                             sources: list[Any]) -> None:
+        """Give a custom collector a few seconds to report the trial's final values, then stop it."""
         try:
-            with td.output.open("rb") as fh:
-                fh.seek(offset)
-                while True:
-                    data = fh.read(CHUNK_BYTES)
-                    if not data:
-                        break
-                    offset += len(data)
-                    await self.ctx.bus.publish(
-                        subjects.trial_log(experiment, trial), data, msg_id=f"{trial}:{attempt}:{chunk}",
-                        headers={H_ATTEMPT: str(attempt), H_CHUNK: str(chunk), H_OFFSET: str(offset)},
-                    )
-                    chunk += 1
-        except FileNotFoundError:
-            pass
-        return chunk, offset
+            pid, ticks = (int(x) for x in (td.path / "custom.pid").read_text().split())
+        except (OSError, ValueError):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CUSTOM_GRACE_SECONDS
+        while alive(pid, ticks) and loop.time() < deadline:
+            await self._ship(experiment, trial, td, attempt, pos, sources)
+            await asyncio.sleep(POLL_SECONDS * 2)
+        if alive(pid, ticks):
+            kill_group(pid, 15)
+
+    async def _published_position(self, experiment: str, trial: str, attempt: int) -> Position:
+        """Where this attempt's shipping stopped: next chunk number and per-source byte offsets."""
+        pos = Position()
+        for source in LOG_SOURCES:
+            if source == "push":
+                continue
+            last = await self.ctx.bus.get_last(subjects.LOGS_STREAM, subjects.trial_log(experiment, trial, source))
+            if last is None:
+                continue
+            pos.chunk = max(pos.chunk, int(last.headers.get(H_CHUNK, "-1")) + 1)
+            if int(last.headers.get(H_ATTEMPT, "0")) == attempt and not last.headers.get(H_EOF):
+                pos.offsets[source] = int(last.headers.get(H_OFFSET, "0"))
+        return pos
+
+    async def _ship(self, experiment: str, trial: str, td: TrialDir, attempt: int, pos: Position,
+                    sources: list[Any]) -> None:
+        """Publish the trial's new output and whatever its metric sources have produced."""
+        out = FileTail(td.output, pos.offsets.get("out", 0))
+        chunks: list[Chunk] = []
+        while data := await asyncio.to_thread(out.read):
+            chunks.append(Chunk("out", data, {H_OFFSET: str(out.offset)}))
+        for chunk in await poll_all(sources):
+            headers = dict(chunk.headers)
+            if isinstance(getattr(chunk, "source", None), str) and chunk.source in ("file", "custom"):
+                tail = next((s for s in sources if s.name == chunk.source), None)
+                if isinstance(tail, CustomSource):
+                    headers[H_OFFSET] = str(tail.tail.offset)
+                elif isinstance(tail, FileSource) and tail.kind == "File":
+                    headers[H_OFFSET] = str(tail.tails[tail.root].offset)
+            chunks.append(Chunk(chunk.source, chunk.data, headers))
+        for chunk in chunks:
+            await self.ctx.bus.publish(
+                subjects.trial_log(experiment, trial, chunk.source), chunk.data,
+                msg_id=f"{trial}:{attempt}:{pos.chunk}",
+                headers={H_ATTEMPT: str(attempt), H_CHUNK: str(pos.chunk), **chunk.headers},
+            )
+            pos.chunk += 1
+            if H_OFFSET in chunk.headers:
+                pos.offsets[chunk.source] = int(chunk.headers[H_OFFSET])
 
     async def _publish_end(self, experiment: str, trial: str, td: TrialDir, *, attempt: int, chunk: int,
                            exit_code: int | None) -> None:

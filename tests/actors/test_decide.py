@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import yaml
 
 from natib.actors.experiment import MSG_MAX_FAILED, MSG_SUGGESTION_END, Decision, decide, resync_commands, trial_name
@@ -104,8 +105,11 @@ def test_suggestions_become_created_trials_and_launch_commands() -> None:
     assert [type(e) for e in d.events] == [ev.TrialCreated, ev.TrialCreated]
     assert [(e.trial, e.index, e.request, e.assignment) for e in d.events] == [  # type: ignore[attr-defined]
         (names[0], 0, 1, {"lr": "0.01"}), (names[1], 1, 1, {"lr": "0.02"})]
+    spec = sim.state.experiment.spec  # type: ignore[union-attr]
     assert [o.command for o in d.commands] == [
-        LaunchTrial(trial=n, run_spec=e.run_spec, primary_container_name="main")  # type: ignore[attr-defined]
+        LaunchTrial(trial=n, run_spec=e.run_spec, primary_container_name="main",  # type: ignore[attr-defined]
+                    metrics_collector=msgspec.to_builtins(spec.metrics_collector_spec),
+                    metric_names=spec.metric_names())
         for n, e in zip(names, d.events, strict=True)
     ]
     assert all(o.actor == "launcher" and o.experiment == NAME for o in d.commands)
@@ -291,7 +295,9 @@ def test_resync_relaunches_active_trials_and_resends_the_request() -> None:
     assert sim.step().events == [ev.SuggestionRequested(request=2, count=1)]
     out = resync_commands(sim.state)
     assert [o.command for o in out] == [
-        LaunchTrial(trial=a, run_spec=sim.state.trials[a].run_spec, primary_container_name="main"),
+        LaunchTrial(trial=a, run_spec=sim.state.trials[a].run_spec, primary_container_name="main",
+                    metrics_collector=msgspec.to_builtins(sim.state.experiment.spec.metrics_collector_spec),  # type: ignore[union-attr]
+                    metric_names=sim.state.metric_names()),
         SuggestTrials(request=2, count=1, as_of=sim.seq),
     ]
     assert out[1].actor == "suggestion" and out[1].msg_id == f"{UID}:suggest:2"

@@ -30,7 +30,7 @@ def experiment(objective: str = "minimize", collector: dict[str, Any] | None = N
 
 
 def parse(*values: tuple[str, str], tail: list[str] | None = None, attempt: int = 1) -> TrialParse:
-    p = TrialParse(attempt, make_parser(experiment()))
+    p = TrialParse(attempt, experiment())
     p.logs = [MetricLog(name, value, i, None) for i, (name, value) in enumerate(values)]
     p.tail = tail or []
     return p

@@ -207,15 +207,18 @@ def test_validate_reports_every_error_with_path(tmp_path: Path, natib_env: dict[
 
 
 def test_run_refuses_features_natib_cannot_run_yet(tmp_path: Path, natib_env: dict[str, str]) -> None:
-    path = write(tmp_path, "file-mc", experiment_yaml(
-        "file-mc", "echo score=${trialParameters.x} > /tmp/never-read", params=[int_param("x", 1, 9)],
-        extra={"metricsCollectorSpec": {"collector": {"kind": "File"}, "source": {
-            "fileSystemPath": {"path": "/var/log/katib/metrics.log", "kind": "File", "format": "TEXT"}}}},
-    ))
+    doc = yaml.safe_load(experiment_yaml("from-cm", "true", params=[int_param("x", 1, 9)]))
+    template = doc["spec"]["trialTemplate"]
+    del template["trialSpec"]
+    template["configMap"] = {"configMapName": "trial-templates", "configMapNamespace": "kubeflow",
+                             "templatePath": "job.yaml"}
+    template["successCondition"] = 'status.conditions.#(type=="Complete")#|#(status=="True")#'
+    template["failureCondition"] = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+    path = write(tmp_path, "from-cm", yaml.safe_dump(doc))
     assert run_cli(natib_env, "validate", str(path)).returncode == 0, "it is a valid Katib experiment"
     run = run_cli(natib_env, "run", str(path))
     assert run.returncode == 1
-    assert "spec.metricsCollectorSpec.collector.kind: File is not supported by natib yet" in run.stderr
+    assert "spec.trialTemplate.configMap: trial templates from ConfigMaps need the Kubernetes backend" in run.stderr
 
 
 def test_output_into_a_closed_pipe_is_quiet(natib_env: dict[str, str]) -> None:

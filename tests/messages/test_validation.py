@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 import yaml
 
+from natib.algorithms.early_stopping import KNOWN_EARLY_STOPPING
+from natib.algorithms.registry import KNOWN_ALGORITHMS
 from natib.messages.spec import load_experiment
 from natib.messages.validation import NAME_MESSAGE, RESTART_MESSAGE, validate_experiment, validate_update
+
+KNOWN = ", ".join(sorted(KNOWN_ALGORITHMS))
+KNOWN_ES = ", ".join(sorted(KNOWN_EARLY_STOPPING))
 
 DATA = Path(__file__).parent / "data"
 
@@ -853,7 +858,7 @@ def test_nas_operation_parameters_are_checked() -> None:
                 (
                     "spec.algorithm.algorithmName",
                     "unable to get Suggestion config data for algorithm annealing: "
-                    "natib has no algorithm called 'annealing' (known: grid, random)",
+                    f"natib has no algorithm called 'annealing' (known: {KNOWN})",
                 )
             ],
         ),
@@ -863,7 +868,7 @@ def test_nas_operation_parameters_are_checked() -> None:
                 (
                     "spec.earlyStopping.algorithmName",
                     "unable to get EarlyStopping config data for algorithm hyperstop: "
-                    "natib has no early stopping algorithm called 'hyperstop' (known: medianstop)",
+                    f"natib has no early stopping algorithm called 'hyperstop' (known: {KNOWN_ES})",
                 )
             ],
         ),
@@ -942,7 +947,8 @@ def test_valid_fixture_is_clean(path: Path) -> None:
 
 @pytest.mark.parametrize("path", sorted((DATA / "invalid").glob("*.yaml")), ids=lambda p: p.name)
 def test_invalid_fixture_reports_expected_errors(path: Path) -> None:
-    expected = path.with_suffix(".errors").read_text().splitlines()
+    text = path.with_suffix(".errors").read_text()
+    expected = text.replace("{known}", KNOWN).replace("{known_es}", KNOWN_ES).splitlines()
     assert [str(e) for e in validate_experiment(load_experiment(path.read_text()))] == expected
 
 

@@ -1,0 +1,615 @@
+"""Bayesian optimisation (Katib's ``bayesianoptimization``): a surrogate model of the objective and an acquisition.
+
+The space is encoded into the unit cube (log scale for log distributions, cell-centred indices for ints, stepped
+doubles and numeric lists, one-hot for categories). The surrogate is a Gaussian process (Matern 5/2 with one
+length scale per dimension plus white noise) or a tree ensemble; the next point maximises EI, PI or LCB.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.optimize import minimize
+from scipy.spatial.distance import cdist
+from scipy.special import erfcx, log_ndtr
+
+from natib.algorithms.base import effective_seed, random_state_errors, rng_for, unknown_setting_errors
+from natib.algorithms.sampling import NumericGrid, finite_values, iter_points, sample_assignment, space_errors, space_size
+from natib.algorithms.space import (
+    Assignment,
+    ObjectiveType,
+    Parameter,
+    SearchSpace,
+    SuggestResult,
+    Trial,
+    assignment_key,
+)
+
+BASE_ESTIMATORS = ("GP", "RF", "ET", "GBRT")
+ACQ_FUNCS = ("gp_hedge", "LCB", "EI", "PI", "EIps", "PIps")
+ACQ_OPTIMIZERS = ("auto", "sampling", "lbfgs")
+
+DEFAULT_N_INITIAL_POINTS = 10
+
+#: Uniform candidates drawn per acquisition optimisation, and candidates drawn around the best results.
+N_RANDOM_CANDIDATES = 2000
+N_LOCAL_CANDIDATES = 500
+
+#: How many of the best candidates are polished with L-BFGS-B.
+N_POLISH = 3
+
+#: Exploration margins (in standard deviations of the standardised objective), as in the usual defaults.
+XI = 0.01
+KAPPA = 1.96
+
+#: Above this many observations the GP hyperparameters are fitted on a subset, then the full data is conditioned.
+HYPERPARAMETER_SUBSET = 200
+
+#: Draws tried for one distinct random point before listing what is left of a finite space.
+MAX_DRAWS = 64
+
+_LOG = ("logUniform", "logNormal")
+_SQRT_HALF_PI = math.sqrt(math.pi / 2)
+
+
+# --- encoding ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Column:
+    """How one parameter maps to columns of the unit cube."""
+
+    param: Parameter
+    kind: str  # "cont", "grid", "ordinal" or "onehot"
+    start: int
+    width: int
+    log: bool = False
+    lo: float = 0.0  # continuous and grid: bounds on the (possibly log) transformed scale
+    hi: float = 1.0
+    count: int = 1  # grid, ordinal: number of points
+    v0: float = 0.0  # grid: first point and step, for vectorised snapping
+    step: float = 1.0
+    values: tuple[str, ...] = ()  # ordinal (ascending) or one-hot (list order)
+
+
+class UnitEncoder:
+    """A two-way map between assignments and points of [0, 1]^D, with snapping of any point onto the space.
+
+    Continuous doubles map linearly (log for log distributions); ints and stepped doubles map to the centre
+    of their grid cell (or the log of the value for log distributions); numeric lists map to cell centres in
+    ascending order; categories (and non-numeric lists) are one-hot.
+    """
+
+    def __init__(self, params: Sequence[Parameter]) -> None:
+        self.params = tuple(params)
+        cols: list[_Column] = []
+        start = 0
+        for p in self.params:
+            col = _make_column(p, start)
+            cols.append(col)
+            start += col.width
+        self.columns = tuple(cols)
+        self.dim = start
+        self.numeric_mask = np.zeros(self.dim, dtype=bool)
+        for c in self.columns:
+            if c.kind != "onehot":
+                self.numeric_mask[c.start] = True
+
+    def encode(self, assignment: Mapping[str, str]) -> np.ndarray | None:
+        """The unit-cube point of an assignment (values outside the space are clamped); None if unreadable."""
+        x = np.zeros(self.dim)
+        for c in self.columns:
+            raw = assignment.get(c.param.name)
+            if raw is None:
+                return None
+            if c.kind == "onehot":
+                if raw in c.values:
+                    x[c.start + c.values.index(raw)] = 1.0
+                continue
+            if c.kind == "ordinal":
+                try:
+                    v = float(raw)
+                except ValueError:
+                    return None
+                nums = np.array([float(s) for s in c.values])
+                k = int(np.argmin(np.abs(nums - v)))
+                x[c.start] = (k + 0.5) / c.count
+                continue
+            try:
+                v = float(raw)
+            except ValueError:
+                return None
+            if not math.isfinite(v):
+                return None
+            if c.kind == "grid":
+                k = NumericGrid(c.param).nearest_index(v)
+                x[c.start] = float(self._grid_unit(c, np.array([k]))[0])
+            else:
+                x[c.start] = float(self._cont_unit(c, np.array([v]))[0])
+        return x
+
+    def decode(self, x: np.ndarray) -> Assignment:
+        """The assignment nearest to a unit-cube point, formatted, inside the bounds and on the steps."""
+        out: Assignment = {}
+        for c in self.columns:
+            p = c.param
+            if c.kind == "onehot":
+                out[p.name] = c.values[int(np.argmax(x[c.start : c.start + c.width]))]
+                continue
+            u = float(np.clip(x[c.start], 0.0, 1.0))
+            if c.kind == "ordinal":
+                out[p.name] = c.values[min(int(u * c.count), c.count - 1)]
+            elif c.kind == "grid":
+                k = int(self._grid_index(c, np.array([u]))[0])
+                out[p.name] = p.format(NumericGrid(p).value(k))
+            else:
+                assert p.min is not None and p.max is not None
+                t = c.lo + u * (c.hi - c.lo)
+                v = math.exp(t) if c.log else t
+                out[p.name] = p.format(min(max(v, float(p.min)), float(p.max)))
+        return out
+
+    def snap(self, xs: np.ndarray) -> np.ndarray:
+        """Move every row of ``xs`` onto the encoding of a feasible point (vectorised), clipping to the cube."""
+        xs = np.clip(np.array(xs, dtype=float), 0.0, 1.0)
+        for c in self.columns:
+            col = xs[:, c.start]
+            if c.kind == "grid":
+                xs[:, c.start] = self._grid_unit(c, self._grid_index(c, col))
+            elif c.kind == "ordinal":
+                k = np.minimum((col * c.count).astype(int), c.count - 1)
+                xs[:, c.start] = (k + 0.5) / c.count
+            elif c.kind == "onehot":
+                block = xs[:, c.start : c.start + c.width]
+                hot = np.argmax(block, axis=1)
+                block[:] = 0.0
+                block[np.arange(len(xs)), hot] = 1.0
+        return xs
+
+    def random(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """``n`` points spread uniformly over the encoded space (one category drawn per one-hot block)."""
+        xs = rng.random((n, self.dim))
+        for c in self.columns:
+            if c.kind == "onehot":
+                hot = rng.integers(c.width, size=n)
+                xs[:, c.start : c.start + c.width] = 0.0
+                xs[np.arange(n), c.start + hot] = 1.0
+        return self.snap(xs)
+
+    @staticmethod
+    def _cont_unit(c: _Column, v: np.ndarray) -> np.ndarray:
+        t = np.log(np.maximum(v, 1e-300)) if c.log else v
+        if c.hi <= c.lo:
+            return np.full_like(t, 0.5, dtype=float)
+        return np.clip((t - c.lo) / (c.hi - c.lo), 0.0, 1.0)
+
+    @staticmethod
+    def _grid_index(c: _Column, u: np.ndarray) -> np.ndarray:
+        if not c.log:
+            return np.clip((u * c.count).astype(int), 0, c.count - 1)
+        v = np.exp(c.lo + u * (c.hi - c.lo))
+        return np.clip(np.rint((v - c.v0) / c.step), 0, c.count - 1).astype(int)
+
+    def _grid_unit(self, c: _Column, k: np.ndarray) -> np.ndarray:
+        if not c.log:
+            return (k + 0.5) / c.count
+        return self._cont_unit(c, c.v0 + k * c.step)
+
+
+def _make_column(p: Parameter, start: int) -> _Column:
+    if not p.is_numeric_range:
+        values = tuple(dict.fromkeys(p.values))
+        if p.type == "discrete":
+            try:
+                ordered = tuple(sorted(values, key=float))
+            except ValueError:
+                ordered = ()
+            if ordered:
+                return _Column(p, "ordinal", start, 1, count=len(ordered), values=ordered)
+        return _Column(p, "onehot", start, len(values), values=values)
+    assert p.min is not None and p.max is not None
+    log = p.distribution in _LOG and p.min > 0
+    lo, hi = (math.log(p.min), math.log(p.max)) if log else (float(p.min), float(p.max))
+    values = finite_values(p) if p.type == "int" or p.step is not None else None
+    if values is None:
+        return _Column(p, "cont", start, 1, log=log, lo=lo, hi=hi)
+    grid = NumericGrid(p)
+    step = float(p.step) if p.step is not None else 1.0
+    if p.type == "int":
+        step = float(max(1, round(p.step))) if p.step is not None else 1.0
+    return _Column(p, "grid", start, 1, log=log, lo=lo, hi=hi, count=grid.count, v0=float(grid.value(0)), step=step)
+
+
+# --- surrogates -------------------------------------------------------------------------------------------------
+
+
+class _Surrogate:
+    """A fitted model that predicts mean and standard deviation of the standardised objective."""
+
+    def predict(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def condition(self, xs: np.ndarray, ys: np.ndarray) -> _Surrogate:
+        """The model given extra (fantasy) observations, without re-tuning its hyperparameters."""
+        raise NotImplementedError
+
+
+class _GP(_Surrogate):
+    """A GP posterior under fixed hyperparameters; built by tuning them on the data unless they are given."""
+
+    def __init__(
+        self, x: np.ndarray, y: np.ndarray, seed: int, params: tuple[float, np.ndarray, float] | None = None
+    ) -> None:
+        self.x, self.y, self.seed = x, y, seed
+        self.params = params if params is not None else _tune(x, y, seed)
+        amp, _, noise = self.params
+        k = self._kernel(x, x)
+        k[np.diag_indices_from(k)] += noise + 1e-8 * amp
+        self.chol = cho_factor(k, lower=True)
+        self.alpha = cho_solve(self.chol, y)
+
+    def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        amp, scales, _ = self.params
+        r = cdist(a / scales, b / scales) * math.sqrt(5)
+        return amp * (1.0 + r + r * r / 3.0) * np.exp(-r)
+
+    def predict(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ks = self._kernel(xs, self.x)
+        mu = ks @ self.alpha
+        v = solve_triangular(self.chol[0], ks.T, lower=True, check_finite=False)
+        var = self.params[0] - np.einsum("ij,ij->j", v, v)
+        return mu, np.sqrt(np.maximum(var, 1e-18))
+
+    def condition(self, xs: np.ndarray, ys: np.ndarray) -> _Surrogate:
+        return _GP(np.vstack([self.x, xs]), np.concatenate([self.y, ys]), self.seed, params=self.params)
+
+
+def _tune(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, np.ndarray, float]:
+    """Amplitude, length scales and noise of a Matern 5/2 ARD + white-noise kernel, by maximum likelihood."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    dim = x.shape[1]
+    default = (1.0, np.full(dim, 0.5), 1e-3)
+    kernel = ConstantKernel(default[0], (1e-3, 1e3)) * Matern(
+        length_scale=default[1], length_scale_bounds=(1e-2, 1e2), nu=2.5
+    ) + WhiteKernel(default[2], (1e-10, 1.0))
+    if len(x) > HYPERPARAMETER_SUBSET:
+        # Hyperparameters barely move past a few hundred points; tuning them on a subset keeps suggestions
+        # fast while the full data still shapes the posterior.
+        idx = _subset(y, HYPERPARAMETER_SUBSET, seed)
+        x, y = x[idx], y[idx]
+    restarts = 1 if len(x) <= 100 else 0
+    tuner = GaussianProcessRegressor(kernel, normalize_y=False, n_restarts_optimizer=restarts, random_state=seed)
+    try:
+        with warnings.catch_warnings():
+            # Hitting a bound (no noise, an irrelevant dimension) is an answer here, not a problem.
+            warnings.simplefilter("ignore")
+            tuner.fit(x, y)
+    except (np.linalg.LinAlgError, ValueError):
+        return default
+    fitted = tuner.kernel_
+    return (
+        float(fitted.k1.k1.constant_value),
+        np.atleast_1d(np.asarray(fitted.k1.k2.length_scale, dtype=float)).repeat(dim if np.ndim(fitted.k1.k2.length_scale) == 0 else 1),
+        float(fitted.k2.noise_level),
+    )
+
+
+class _Trees(_Surrogate):
+    def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> None:
+        from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
+
+        self.kind, self.x, self.y, self.seed = kind, x, y, seed
+        rs = seed % (2**32)
+        self.models: list[object]
+        if kind == "GBRT":
+            # Uncertainty from the spread between the 16% and 84% quantile fits (one sd for a normal).
+            self.models = [
+                GradientBoostingRegressor(
+                    loss="quantile", alpha=a, n_estimators=50, max_depth=3, learning_rate=0.1, random_state=rs
+                ).fit(x, y)
+                for a in (0.16, 0.5, 0.84)
+            ]
+        else:
+            cls = RandomForestRegressor if kind == "RF" else ExtraTreesRegressor
+            self.models = [cls(n_estimators=64, min_samples_leaf=2, random_state=rs).fit(x, y)]
+
+    def predict(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind == "GBRT":
+            lo, mid, hi = (m.predict(xs) for m in self.models)  # type: ignore[attr-defined]
+            return mid, np.maximum((hi - lo) / 2, 1e-6)
+        forest = self.models[0]
+        per_tree = np.stack([t.predict(xs) for t in forest.estimators_])  # type: ignore[attr-defined]
+        return per_tree.mean(axis=0), np.maximum(per_tree.std(axis=0), 1e-6)
+
+    def condition(self, xs: np.ndarray, ys: np.ndarray) -> _Surrogate:
+        return _Trees(self.kind, np.vstack([self.x, xs]), np.concatenate([self.y, ys]), self.seed)
+
+
+def _subset(y: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """A deterministic subset of indices: the best quarter plus an even random spread of the rest."""
+    order = np.argsort(y, kind="stable")
+    best = order[: size // 4]
+    rest = order[size // 4 :]
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, len(y), 7])
+    picked = rng.choice(rest, size=size - len(best), replace=False)
+    return np.sort(np.concatenate([best, picked]))
+
+
+# --- acquisitions -----------------------------------------------------------------------------------------------
+
+
+def _log_h(z: np.ndarray) -> np.ndarray:
+    """log(z * Phi(z) + phi(z)), stable far into the lower tail where expected improvement underflows."""
+    out = np.empty_like(z)
+    big = z > -5
+    zb = z[big]
+    phi = np.exp(-0.5 * zb * zb) / math.sqrt(2 * math.pi)
+    cdf = np.exp(log_ndtr(zb))
+    out[big] = np.log(np.maximum(zb * cdf + phi, 1e-300))
+    zs = z[~big]
+    ratio = zs * _SQRT_HALF_PI * erfcx(-zs / math.sqrt(2))
+    out[~big] = -0.5 * zs * zs - 0.5 * math.log(2 * math.pi) + np.log(np.maximum(1 + ratio, 1e-300))
+    return out
+
+
+def _score(acq: str, mu: np.ndarray, sd: np.ndarray, best: float) -> np.ndarray:
+    """An acquisition value to maximise (log EI, log PI, or negated LCB) for a minimised objective."""
+    if acq == "LCB":
+        return -(mu - KAPPA * sd)
+    z = (best - mu - XI) / sd
+    if acq == "PI":
+        return np.asarray(log_ndtr(z))
+    return np.log(sd) + _log_h(z)
+
+
+# --- the algorithm ----------------------------------------------------------------------------------------------
+
+
+def _int_errors(settings: Mapping[str, str], name: str, message: str) -> list[str]:
+    if name not in settings:
+        return []
+    raw = settings[name]
+    try:
+        value = int(raw)
+    except (TypeError, ValueError) as exc:
+        return [f"failed to validate {name}({raw}): {exc}"]
+    return [message] if value < 0 else []
+
+
+class BayesianOptimization:
+    """Katib's ``bayesianoptimization``: random initial points, then a surrogate model and an acquisition.
+
+    ``gp_hedge`` lets EI, PI and LCB each nominate a point and picks one at random with probability
+    proportional to exp(-posterior mean of the nominee), the GP-Hedge reward; the reward is computed afresh
+    on each call from the current model instead of being accumulated over past models, since those cannot be
+    rebuilt from history without refitting every one. ``EIps`` and ``PIps`` (improvement per second) need
+    trial run times, which natib's history does not carry, so they behave as ``EI`` and ``PI``. Tree models
+    are piecewise constant, so their acquisition is always optimised by sampling; ``lbfgs`` and ``auto``
+    polish the best samples with L-BFGS-B only for the GP. Pending and running trials, and earlier points
+    of the same batch, are treated as observed at the model's predicted mean (the kriging believer), which
+    pushes later points away from them.
+    """
+
+    name: ClassVar[str] = "bayesianoptimization"
+    settings_names: ClassVar[tuple[str, ...]] = (
+        "base_estimator",
+        "n_initial_points",
+        "acq_func",
+        "acq_optimizer",
+        "random_state",
+    )
+
+    def validate(
+        self, space: SearchSpace, settings: Mapping[str, str], max_trial_count: int | None
+    ) -> list[str]:
+        """Check the settings with Katib's messages, and that every parameter can be sampled."""
+        errors = unknown_setting_errors(settings, self.settings_names, self.name)
+        if "base_estimator" in settings and settings["base_estimator"] not in BASE_ESTIMATORS:
+            errors.append(f"base_estimator {settings['base_estimator']} is not supported in Bayesian optimization")
+        errors += _int_errors(settings, "n_initial_points", "n_initial_points should be great or equal than zero")
+        if "acq_func" in settings and settings["acq_func"] not in ACQ_FUNCS:
+            errors.append(f"acq_func {settings['acq_func']} is not supported in Bayesian optimization")
+        if "acq_optimizer" in settings and settings["acq_optimizer"] not in ACQ_OPTIMIZERS:
+            errors.append(f"acq_optimizer {settings['acq_optimizer']} is not supported in Bayesian optimization")
+        return errors + random_state_errors(settings) + space_errors(space)
+
+    def suggest(
+        self,
+        space: SearchSpace,
+        history: Sequence[Trial],
+        n: int,
+        settings: Mapping[str, str],
+        seed: int,
+        objective: ObjectiveType,
+    ) -> SuggestResult:
+        """Up to ``n`` distinct new points: random until ``n_initial_points`` trials exist, then model-guided."""
+        errors = self.validate(space, settings, None)
+        if errors:
+            raise ValueError(errors[0])
+        seed = effective_seed(settings, seed)
+        estimator = settings.get("base_estimator", "GP")
+        n_initial = int(settings.get("n_initial_points", DEFAULT_N_INITIAL_POINTS))
+        acq_func = {"EIps": "EI", "PIps": "PI"}.get(settings.get("acq_func", "gp_hedge"), settings.get("acq_func", "gp_hedge"))
+        polish = estimator == "GP" and settings.get("acq_optimizer", "auto") in ("auto", "lbfgs")
+
+        rng = rng_for(seed, history)
+        enc = UnitEncoder(space.parameters)
+        used = {assignment_key(space, t.assignment) for t in history}
+        total = space_size(space)
+        if total is not None and len(used) >= total and _all_used(space, used):
+            return SuggestResult(assignments=[], exhausted=True)
+
+        sign = -1.0 if objective == "maximize" else 1.0
+        xs_obs: list[np.ndarray] = []
+        ys_obs: list[float] = []
+        xs_pending: list[np.ndarray] = []
+        for t in history:
+            x = enc.encode(t.assignment)
+            if x is None:
+                continue
+            if t.has_result and t.objective is not None:
+                xs_obs.append(x)
+                ys_obs.append(sign * t.objective)
+            elif t.is_active:
+                xs_pending.append(x)
+
+        out: list[Assignment] = []
+        model: _Surrogate | None = None
+        best = 0.0
+        for i in range(n):
+            if len(history) + i < n_initial or len(xs_obs) < 2:
+                pick = _random_point(space, rng, used)
+                if pick is None:
+                    break
+                out.append(pick)
+                used.add(assignment_key(space, pick))
+                xs_pending.append(enc.encode(pick))  # type: ignore[arg-type]
+                continue
+            if model is None:
+                y = np.array(ys_obs)
+                spread = float(np.std(y))
+                y_std = (y - y.mean()) / (spread if spread > 0 else 1.0)
+                best = float(y_std.min())
+                x_obs = np.array(xs_obs)
+                model_seed = int(rng.integers(2**31))
+                model = _GP(x_obs, y_std, model_seed) if estimator == "GP" else _Trees(estimator, x_obs, y_std, model_seed)
+                if xs_pending:
+                    xp = np.array(xs_pending)
+                    model = model.condition(xp, model.predict(xp)[0])
+                top = x_obs[np.argsort(y_std, kind="stable")[:5]]
+            x_new = self._next_point(model, enc, space, acq_func, best, top, rng, used, polish)
+            if x_new is None:
+                pick = _random_point(space, rng, used)
+                if pick is None:
+                    break
+                x_new = enc.encode(pick)
+                assert x_new is not None
+            else:
+                pick = enc.decode(x_new)
+            out.append(pick)
+            used.add(assignment_key(space, pick))
+            if i + 1 < n:
+                xn = x_new[None, :]
+                model = model.condition(xn, model.predict(xn)[0])
+        exhausted = total is not None and len(out) < n and _all_used(space, used)
+        return SuggestResult(assignments=out, exhausted=exhausted)
+
+    @staticmethod
+    def _next_point(
+        model: _Surrogate,
+        enc: UnitEncoder,
+        space: SearchSpace,
+        acq_func: str,
+        best: float,
+        top: np.ndarray,
+        rng: np.random.Generator,
+        used: set[tuple[str, ...]],
+        polish: bool,
+    ) -> np.ndarray | None:
+        """The unused point maximising the acquisition (gp_hedge: one nominee per acquisition, drawn by reward)."""
+        cands = enc.random(rng, N_RANDOM_CANDIDATES)
+        around = top[rng.integers(len(top), size=N_LOCAL_CANDIDATES)]
+        noise = rng.normal(0.0, 0.05, size=around.shape) * enc.numeric_mask
+        cands = np.unique(enc.snap(np.vstack([cands, around + noise])), axis=0)
+        mu, sd = model.predict(cands)
+        acqs = ("EI", "PI", "LCB") if acq_func == "gp_hedge" else (acq_func,)
+        nominees: list[np.ndarray] = []
+        for acq in acqs:
+            x = _maximise(model, enc, space, acq, best, cands, _score(acq, mu, sd, best), used, polish)
+            if x is not None:
+                nominees.append(x)
+        if not nominees:
+            return None
+        if len(nominees) == 1:
+            return nominees[0]
+        reward = -model.predict(np.array(nominees))[0]
+        p = np.exp(reward - reward.max())
+        return nominees[int(rng.choice(len(nominees), p=p / p.sum()))]
+
+
+def _maximise(
+    model: _Surrogate,
+    enc: UnitEncoder,
+    space: SearchSpace,
+    acq: str,
+    best: float,
+    cands: np.ndarray,
+    scores: np.ndarray,
+    used: set[tuple[str, ...]],
+    polish: bool,
+) -> np.ndarray | None:
+    """The best unused candidate, after polishing the top few along their numeric columns with L-BFGS-B."""
+    order = np.argsort(-scores, kind="stable")
+    pool: list[tuple[float, np.ndarray]] = []
+    for j in order[: 4 * N_POLISH + 16]:
+        if assignment_key(space, enc.decode(cands[j])) not in used:
+            pool.append((float(scores[j]), cands[j]))
+    if polish and pool:
+        mask = enc.numeric_mask
+        idx = np.flatnonzero(mask)
+        for _, start in list(pool[:N_POLISH]):
+            if not len(idx):
+                break
+            polished = _polish(model, acq, best, start, idx)
+            snapped = enc.snap(polished[None, :])[0]
+            if assignment_key(space, enc.decode(snapped)) in used:
+                continue
+            mu, sd = model.predict(snapped[None, :])
+            pool.append((float(_score(acq, mu, sd, best)[0]), snapped))
+    if not pool:
+        return None
+    return max(pool, key=lambda item: item[0])[1]
+
+
+def _polish(model: _Surrogate, acq: str, best: float, start: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Local ascent of the acquisition from ``start`` over the columns ``idx`` (finite-difference gradients)."""
+    h = 1e-6
+    dim = len(idx)
+
+    def negative(z: np.ndarray) -> tuple[float, np.ndarray]:
+        pts = np.repeat(start[None, :], dim + 1, axis=0)
+        pts[:, idx] = z
+        pts[np.arange(1, dim + 1), idx] += h
+        mu, sd = model.predict(pts)
+        s = _score(acq, mu, sd, best)
+        return -float(s[0]), -(s[1:] - s[0]) / h
+
+    res = minimize(
+        negative, start[idx], jac=True, method="L-BFGS-B", bounds=[(0.0, 1.0)] * dim, options={"maxiter": 30}
+    )
+    out = start.copy()
+    out[idx] = np.clip(res.x, 0.0, 1.0)
+    return out
+
+
+def _random_point(space: SearchSpace, rng: np.random.Generator, used: set[tuple[str, ...]]) -> Assignment | None:
+    """A point drawn from the parameters' distributions that is not in ``used``; None once a finite space is full."""
+    drawn: Assignment = {}
+    for _ in range(MAX_DRAWS):
+        drawn = sample_assignment(space, rng)
+        if assignment_key(space, drawn) not in used:
+            return drawn
+    total = space_size(space)
+    if total is None or total > 1_000_000:
+        return drawn
+    free = [pt for pt in iter_points(space) if pt not in used]
+    if not free:
+        return None
+    return dict(zip(space.names(), free[int(rng.integers(len(free)))], strict=True))
+
+
+def _all_used(space: SearchSpace, used: set[tuple[str, ...]]) -> bool:
+    """Whether every point of a finite space is in ``used``."""
+    total = space_size(space)
+    if total is None:
+        return False
+    allowed = [set(finite_values(p) or ()) for p in space.parameters]
+    return sum(1 for key in used if all(v in ok for v, ok in zip(key, allowed, strict=True))) >= total
