@@ -20,12 +20,14 @@ log = get_logger("natib.early_stopping")
 KIND = "early-stopping"
 
 
-def objective_series(state: ExperimentState, trial: str) -> list[float]:
-    """The numeric objective values a trial reported, in report order."""
+def objective_series(state: ExperimentState, trial: str, upto_step: int | None = None) -> list[float]:
+    """The numeric objective values a trial reported, in report order (up to report ``upto_step``)."""
     assert state.experiment is not None
     metric = state.experiment.spec.objective.objective_metric_name
     t = state.trials[trial]
-    return [v for log_ in t.metric_logs if log_.name == metric and (v := as_float(log_.value)) is not None]
+    return [v for log_ in t.metric_logs
+            if log_.name == metric and (upto_step is None or log_.step <= upto_step)
+            and (v := as_float(log_.value)) is not None]
 
 
 def peer_series(state: ExperimentState, trial: str, peers: PeerSelection) -> list[list[float]]:
@@ -45,8 +47,12 @@ def peer_series(state: ExperimentState, trial: str, peers: PeerSelection) -> lis
     return out
 
 
-def evaluate(state: ExperimentState, trial: str) -> StopTrial | None:
-    """Decide whether the trial should be stopped now under the experiment's early-stopping rule (pure)."""
+def evaluate(state: ExperimentState, trial: str, upto_step: int | None = None) -> StopTrial | None:
+    """Decide whether the trial should be stopped under the experiment's early-stopping rule (pure).
+
+    ``upto_step`` judges the trial as it was when that report arrived, so a rule that decides only at
+    certain report counts never misses one because later reports were already folded in.
+    """
     exp = state.experiment
     if exp is None or exp.spec.early_stopping is None or state.is_finished():
         return None
@@ -55,7 +61,7 @@ def evaluate(state: ExperimentState, trial: str) -> StopTrial | None:
         return None
     settings = {s.name: s.value for s in (exp.spec.early_stopping.algorithm_settings or [])}
     rule = early_stopping_rule(exp.spec.early_stopping.algorithm_name, settings)
-    values = objective_series(state, trial)
+    values = objective_series(state, trial, upto_step)
     others = peer_series(state, trial, rule.peers)
     if rule.should_stop(values, others, exp.spec.objective.type):
         return StopTrial(trial=trial, reason="EarlyStopped",
@@ -90,7 +96,7 @@ class EarlyStopper:
         state = await self.ctx.store.load(env.experiment)
         if state.experiment is None or state.experiment.spec.early_stopping is None:
             return
-        stop = evaluate(state, env.body.trial)
+        stop = evaluate(state, env.body.trial, env.body.step)
         if stop is not None:
             log.info("trial_early_stopped", experiment=env.experiment, trial=stop.trial, detail=stop.message)
             await send(self.ctx, Outgoing("launcher", env.experiment, stop,

@@ -308,6 +308,10 @@ async def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
 
     bus = await connect(settings)
     try:
+        if args.resource == "metrics":
+            if not args.name:
+                raise CliError("usage: natib get metrics TRIAL [-e EXPERIMENT] [-o json|yaml]")
+            return await cmd_get_metrics(args, settings, bus)
         if args.resource in ("experiments", "experiment", "exp"):
             items = [msgspec.json.decode(v) for _k, v in await bus.kv_items("experiment.")]
             if args.name:
@@ -345,6 +349,25 @@ async def cmd_get(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         await bus.close()
+
+
+async def cmd_get_metrics(args: argparse.Namespace, settings: Settings, bus: Bus) -> int:
+    """Print one trial's metric history: every reported value in report order."""
+    experiment = args.experiment or args.name.rsplit("-", 1)[0]
+    state = await load_state(bus, experiment)
+    trial = state.trials.get(args.name)
+    if trial is None:
+        raise CliError(f'trials.kubeflow.org "{args.name}" not found in experiment {experiment}')
+    logs = [{"step": m.step, "name": m.name, "value": m.value,
+             "timestamp": m.timestamp.isoformat() if m.timestamp else None} for m in trial.metric_logs]
+    if args.output in ("json", "yaml"):
+        print(dump({"trial": trial.name, "experiment": experiment, "phase": trial.phase, "metrics": logs,
+                    "observation": [msgspec.to_builtins(m) for m in trial.observation({}, state.metric_names())]},
+                   args.output))
+    else:
+        rows = [[str(m["step"]), m["name"], m["value"], m["timestamp"] or ""] for m in logs]
+        print(table(rows, ["STEP", "NAME", "VALUE", "TIMESTAMP"]) if rows else f"No metrics reported by {trial.name}.")
+    return 0
 
 
 async def cmd_describe(args: argparse.Namespace, settings: Settings) -> int:
@@ -512,8 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("create", help="submit an experiment to running actors")
     s.add_argument("-f", "--file", required=True)
     s.set_defaults(func=cmd_create)
-    s = sub.add_parser("get", help="list experiments or trials")
-    s.add_argument("resource", choices=["experiments", "experiment", "exp", "trials", "trial"])
+    s = sub.add_parser("get", help="list experiments or trials, or print a trial's metrics")
+    s.add_argument("resource", choices=["experiments", "experiment", "exp", "trials", "trial", "metrics"])
     s.add_argument("name", nargs="?")
     s.add_argument("-e", "--experiment", help="trials of this experiment only")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")

@@ -28,6 +28,7 @@ import sys
 import warnings
 
 import numpy as np
+from reporting import make_reporter
 from sklearn.datasets import load_digits
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import SGDClassifier
@@ -76,6 +77,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="passes over the training set, >= 1")
     parser.add_argument("--loss", choices=LOSSES, default="hinge",
                         help="loss function of the linear model")
+    parser.add_argument("--report", default="stdout",
+                        choices=["stdout", "file-text", "file-json", "tfevent", "prometheus", "push"],
+                        help="how per-epoch metrics reach natib (one per Katib collector kind)")
+    parser.add_argument("--metrics-path", help="metrics file (file-*) or event directory (tfevent)")
+    parser.add_argument("--port", type=positive_int, default=8080, help="port of /metrics (prometheus)")
     return parser.parse_args(argv)
 
 
@@ -96,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         loss=args.loss, alpha=args.alpha, learning_rate="constant", eta0=args.lr, random_state=SEED
     )
     rng = np.random.default_rng(SEED)
+    reporter = make_reporter(args.report, args.metrics_path, args.port)
     accuracy = 0.0
     with warnings.catch_warnings():
         # Large learning rates can overflow intermediate values; the accuracy still tells the story.
@@ -105,10 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             order = rng.permutation(len(x_train))
             model.partial_fit(x_train[order], y_train[order], classes=classes)
             accuracy = float(model.score(x_val, y_val))
-            print(f"epoch={epoch} accuracy={accuracy:.4f} loss={1.0 - accuracy:.4f}", flush=True)
-
-    print(f"accuracy={accuracy:.4f}")
-    print(f"loss={1.0 - accuracy:.4f}")
+            reporter.report(epoch, {"accuracy": accuracy, "loss": 1.0 - accuracy})
+    reporter.close()
+    if args.report == "stdout":
+        print(f"accuracy={accuracy:.4f}")
+        print(f"loss={1.0 - accuracy:.4f}")
     return 0
 
 
