@@ -61,7 +61,7 @@ def _masked_crc(data: bytes) -> int:
     for b in data:
         crc = _TABLE[(crc ^ b) & 0xFF] ^ (crc >> 8)
     crc ^= 0xFFFFFFFF
-    return (((crc >> 15) | (crc << 17)) + 0xA282CA8F) & 0xFFFFFFFF
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
 def _varint(n: int) -> bytes:
