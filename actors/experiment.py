@@ -37,6 +37,7 @@ MSG_GOAL = "Experiment has succeeded because Objective goal has reached"
 MSG_MAX_TRIALS = "Experiment has succeeded because max trial count has reached"
 MSG_SUGGESTION_END = "Experiment has succeeded because suggestion service has reached the end"
 MSG_MAX_FAILED = "Experiment has failed because max failed count has reached"
+MSG_STALLED = "the algorithm suggested nothing new while no trial was running"
 
 
 @dataclass
@@ -84,6 +85,9 @@ def decide(state: ExperimentState) -> Decision:
     elif (state.exhausted() and not state.pending_assignments and state.active() == 0
           and state.outstanding_request() is None):
         finish = ev.ExperimentSucceeded(reason="ExperimentSuggestionEndReached", message=MSG_SUGGESTION_END)
+    elif state.waiting_for_results() and state.active() == 0 and not state.pending_assignments:
+        # Nothing runs, so nothing can change the algorithm's answer: asking again would loop forever.
+        finish = ev.ExperimentFailed(message=f"Suggestion has failed: {MSG_STALLED}")
     if finish is not None:
         d.events.append(finish)
         d.commands.extend(stop_commands(state, "Killed", "Experiment has finished"))
@@ -110,7 +114,8 @@ def decide(state: ExperimentState) -> Decision:
         index += 1
         need -= 1
     remaining = len(state.pending_assignments) - len([e for e in d.events if isinstance(e, ev.TrialCreated)])
-    if need > 0 and remaining <= 0 and state.outstanding_request() is None and not state.exhausted():
+    if (need > 0 and remaining <= 0 and state.outstanding_request() is None and not state.exhausted()
+            and not state.waiting_for_results()):
         d.events.append(ev.SuggestionRequested(request=len(state.requests) + 1, count=need))
     return d
 

@@ -170,6 +170,8 @@ class RequestState:
     answered: bool = False
     exhausted: bool = False
     failed: str | None = None
+    returned: int = 0
+    completed_when_answered: int = 0
 
 
 @dataclass
@@ -264,6 +266,7 @@ class ExperimentState:
         if req.answered:
             return
         req.answered, req.exhausted = True, e.exhausted
+        req.returned, req.completed_when_answered = len(e.assignments), self.completed_count()
         for i, assignment in enumerate(e.assignments):
             labels = e.labels[i] if i < len(e.labels) else {}
             self.pending_assignments.append((e.request, dict(assignment), dict(labels)))
@@ -347,6 +350,14 @@ class ExperimentState:
             if not r.answered:
                 return r
         return None
+
+    def waiting_for_results(self) -> bool:
+        """The last answer was short but not final: ask again only after another trial has completed."""
+        if not self.requests:
+            return False
+        last = self.requests[max(self.requests)]
+        return (last.answered and not last.exhausted and last.failed is None and last.returned < last.count
+                and self.completed_count() == last.completed_when_answered)
 
     def exhausted(self) -> bool:
         """The algorithm said it has nothing more to suggest."""

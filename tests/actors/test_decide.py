@@ -317,3 +317,24 @@ def test_resync_after_finish_or_delete_stops_active_trials() -> None:
     assert [(o.command.trial, o.command.reason) for o in resync_commands(sim.state)] == [  # type: ignore[attr-defined]
         (n, "Deleted") for n in names]
     assert resync_commands(ExperimentState(NAME)) == []
+
+
+def test_a_short_answer_waits_for_a_completed_trial_before_asking_again() -> None:
+    sim = started(experiment(parallel=3, max_trials=10))
+    sim.step()
+    sim.suggest("0.01")  # one of three: "that is all for now", e.g. a rung waiting for results
+    d = sim.step()
+    assert [type(e) for e in d.events] == [ev.TrialCreated], "no new request until a trial completes"
+    assert sim.step().events == []
+    [a] = sim.running()
+    sim.finish(a)
+    assert sim.step().events == [ev.SuggestionRequested(request=2, count=3)]
+
+
+def test_an_empty_answer_with_nothing_running_fails_instead_of_looping() -> None:
+    sim = started()
+    sim.step()
+    sim.suggest()
+    d = sim.step()
+    assert [type(e) for e in d.events] == [ev.ExperimentFailed]
+    assert "suggested nothing new while no trial was running" in d.events[0].message  # type: ignore[attr-defined]
