@@ -248,22 +248,20 @@ class _Brackets:
                     out.append(assignment)
                     labels.append({BRACKET_LABEL: str(s), RUNG_LABEL: str(i + 1), PARENT_LABEL: parent.name})
 
-        seen_anywhere = {assignment_key(others, t.assignment) for t in history}
+        configs = {assignment_key(others, t.assignment) for t in history}
+        points = {assignment_key(space, t.assignment) for t in history} | {assignment_key(space, a) for a in out}
         for s in order:
             need = plan.rung_sizes(s, cap)[0] - len(rungs.get((s, 0), []))
             if need <= 0:
                 continue
             outstanding += need
-            in_bracket = {assignment_key(others, t.assignment) for _, t in rungs.get((s, 0), [])}
             value = format_resource(resource, plan.resource(s, 0))
             for _ in range(need):
                 if len(out) >= n:
                     break
-                config = _fresh_config(others, rng, seen_anywhere, in_bracket)
-                key = assignment_key(others, config)
-                seen_anywhere.add(key)
-                in_bracket.add(key)
-                assignment = {p.name: value if p.name == resource.name else config[p.name] for p in space.parameters}
+                assignment = _fresh_point(space, others, resource.name, value, rng, configs, points)
+                configs.add(assignment_key(others, assignment))
+                points.add(assignment_key(space, assignment))
                 out.append(assignment)
                 labels.append({BRACKET_LABEL: str(s), RUNG_LABEL: "0"})
 
@@ -274,25 +272,40 @@ def _others(space: SearchSpace, resource_name: str) -> SearchSpace:
     return SearchSpace(tuple(p for p in space.parameters if p.name != resource_name))
 
 
-def _fresh_config(
-    others: SearchSpace, rng: np.random.Generator, seen_anywhere: set[tuple[str, ...]], in_bracket: set[tuple[str, ...]]
+def _fresh_point(
+    space: SearchSpace,
+    others: SearchSpace,
+    resource_name: str,
+    value: str,
+    rng: np.random.Generator,
+    configs: set[tuple[str, ...]],
+    points: set[tuple[str, ...]],
 ) -> Assignment:
-    """A configuration of the non-resource parameters: new to the experiment if possible, else new to the bracket."""
-    drawn = sample_assignment(others, rng)
+    """A random configuration at resource ``value``: untried at any resource if possible, else a new point.
+
+    Only a space whose non-resource part is nearly used up, with a resource range that clips several rungs
+    to the same value, can be left with a repeat.
+    """
+
+    def at(config: Mapping[str, str]) -> Assignment:
+        return {p.name: value if p.name == resource_name else config[p.name] for p in space.parameters}
+
+    drawn = at(sample_assignment(others, rng))
     for _ in range(MAX_DRAWS):
-        if assignment_key(others, drawn) not in seen_anywhere:
+        if assignment_key(others, drawn) not in configs:
             return drawn
-        drawn = sample_assignment(others, rng)
+        drawn = at(sample_assignment(others, rng))
     for _ in range(MAX_DRAWS):
-        if assignment_key(others, drawn) not in in_bracket:
+        if assignment_key(space, drawn) not in points:
             return drawn
-        drawn = sample_assignment(others, rng)
+        drawn = at(sample_assignment(others, rng))
     size = space_size(others)
     if size is not None and size <= ENUMERATION_LIMIT:
-        free = [pt for pt in iter_points(others) if pt not in in_bracket]
+        names = others.names()
+        candidates = (at(dict(zip(names, pt, strict=True))) for pt in iter_points(others))
+        free = [a for a in candidates if assignment_key(space, a) not in points]
         if free:
-            return dict(zip(others.names(), free[int(rng.integers(len(free)))], strict=True))
-    # Only a continuous space with min == max bounds gets here; a repeat beats stalling the bracket.
+            return free[int(rng.integers(len(free)))]
     return drawn
 
 

@@ -318,9 +318,7 @@ def _event_samples(record: bytes) -> list[TFSample]:
     if not summaries:
         return []
     timestamp = _wall_time(wall_time)
-    return [
-        TFSample(tag, text, timestamp, step) for summary in summaries for tag, text in _summary_scalars(summary)
-    ]
+    return [TFSample(tag, text, timestamp, step) for summary in summaries for tag, text in _summary_scalars(summary)]
 
 
 def _wall_time(seconds: float | None) -> datetime | None:
@@ -336,7 +334,9 @@ class EventFileReader:
     """Follows one event file and returns the scalar summaries appended since the previous read.
 
     A record still being written (the file ends inside it) is left for the next call. A record whose
-    data CRC fails is skipped and counted in `corrupt_records`; when the CRC of a length fails the reader
+    data CRC fails is skipped and counted in `corrupt_records`; the data CRC is checked only for records
+    that hold a scalar or fail to decode, since the others (images, histograms, graphs) are skipped
+    anyway and checksumming them would dominate the cost. When the CRC of a length fails the reader
     cannot trust where the next record starts, so it scans forward to the next valid header, counting
     one corrupt record per damaged stretch. A record with valid CRCs that is not an `Event` is counted in
     `malformed_records`. If the file shrinks it was replaced, and reading starts again from the beginning.
@@ -397,14 +397,21 @@ class EventFileReader:
                 data = body[:length]
                 (data_crc,) = _FOOTER.unpack(body[length:])
                 self._offset += _HEADER_SIZE + length + _FOOTER_SIZE
-                if masked_crc32c(data) != data_crc:
+                found: list[TFSample] | None
+                try:
+                    found = _event_samples(data)
+                except (_Malformed, struct.error):
+                    found = None
+                # CRC-32C in pure Python runs at a few MB/s, and image, histogram and graph records are
+                # discarded unread, so only records that give samples or fail to decode are checksummed.
+                if (found is None or found) and masked_crc32c(data) != data_crc:
                     self.corrupt_records += 1
                     continue
                 self.records += 1
-                try:
-                    samples.extend(_event_samples(data))
-                except (_Malformed, struct.error):
+                if found is None:
                     self.malformed_records += 1
+                else:
+                    samples.extend(found)
         return samples
 
     def _resync(self, handle: BinaryIO, size: int) -> bool:
@@ -435,11 +442,13 @@ class EventDirectoryWatcher:
 
     Event files are the files whose name contains `tfevents`, found recursively (symlinks to directories
     are not followed). A metric name without `/` matches a summary tag equal to it in any file. A name
-    `dir/name` (or `a/b/name`) matches tag `name` in files whose directory, relative to `root`, ends with
-    the path components `dir` (or `a/b`), so `train/accuracy` and `test/accuracy` tell apart the two
-    writers of a Keras-style `logs/train` and `logs/test` layout. Components compare whole, so `train`
-    does not match `pretrain`. As an addition to Katib's rule, a name with `/` also matches a tag equal to
-    the whole name in any file, since PyTorch and tensorboardX writers put the scope in the tag.
+    `dir/name` (or `a/b/name`) matches tag `name` in files whose directory path ends with the components
+    `dir` (or `a/b`), so `train/accuracy` and `test/accuracy` tell apart the two writers of a
+    Keras-style `logs/train` and `logs/test` layout. As in Katib the file's whole directory path counts,
+    `root` included, so a watcher on `logs/train` also feeds `train/accuracy`. Path components
+    compare whole, so `train` does not match `pretrain`. As an addition to Katib's rule, a name with `/`
+    also matches a tag equal to the whole name in any file, since PyTorch and tensorboardX writers put
+    the scope in the tag.
 
     Samples carry the configured metric name, not the tag. They come file by file in path order, and in
     record order within a file.
@@ -509,10 +518,9 @@ class EventDirectoryWatcher:
 
     def _tags_for(self, path: Path) -> dict[str, tuple[str, ...]]:
         """Map each tag that counts in the file at `path` to the metric names it feeds."""
-        try:
-            directory = path.parent.relative_to(self.root).parts
-        except ValueError:
-            directory = ()
+        # The whole path counts, not just the part below root, so `train/accuracy` also matches when
+        # the collector is pointed at `.../train` itself, as in Katib.
+        directory = path.parent.absolute().parts
         wanted: dict[str, list[str]] = {}
         for metric in self._metrics:
             tags = []

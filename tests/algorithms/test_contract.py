@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import pytest
 
@@ -39,13 +40,33 @@ CONTINUOUS = SearchSpace(
 SPACES = {"stepped": STEPPED, "continuous": CONTINUOUS}
 
 
+def _resource(space: SearchSpace) -> dict[str, str]:
+    # The first int parameter is the resource, and its maximum the largest resource a trial gets.
+    p = next(p for p in space.parameters if p.type == "int")
+    return {"r_l": str(int(p.max or 1)), "resource_name": p.name}
+
+
+#: Settings an algorithm cannot run without (Katib requires them too); every other algorithm gets none.
+REQUIRED_SETTINGS: dict[str, Callable[[SearchSpace], dict[str, str]]] = {
+    "hyperband": _resource,
+    "successive-halving": _resource,
+    "pbt": lambda space: {"suggestion_trial_dir": "/ckpt", "n_population": "5", "truncation_threshold": "0.2"},
+}
+
+
+def settings_for(alg: str, space: SearchSpace) -> dict[str, str]:
+    """The least settings ``alg`` runs with on ``space``."""
+    make = REQUIRED_SETTINGS.get(alg)
+    return make(space) if make else {}
+
+
 def _cases() -> list[tuple[str, str]]:
     return [(alg, space) for alg in KNOWN_ALGORITHMS for space in SPACES]
 
 
 def _supported(alg: str, space_name: str) -> SearchSpace:
     space = SPACES[space_name]
-    errors = get_algorithm(alg).validate(space, {}, None)
+    errors = get_algorithm(alg).validate(space, settings_for(alg, space), None)
     if errors:
         pytest.skip(f"{alg} does not support the {space_name} space: {errors}")
     return space
@@ -73,7 +94,7 @@ def check_assignment(space: SearchSpace, assignment: Assignment) -> None:
 
 
 def _history(space: SearchSpace, alg: str, statuses: list[TrialStatus]) -> list[Trial]:
-    points = get_algorithm(alg).suggest(space, [], len(statuses), {}, 99, "minimize").assignments
+    points = get_algorithm(alg).suggest(space, [], len(statuses), settings_for(alg, space), 99, "minimize").assignments
     return [
         Trial(f"t{i}", a, s, objective=float(i) if s == "succeeded" else None)
         for i, (a, s) in enumerate(zip(points, statuses, strict=False))
@@ -101,7 +122,7 @@ HISTORIES: dict[str, list[TrialStatus]] = {
 def test_suggestions_are_valid(alg: str, space_name: str, history_name: str) -> None:
     space = _supported(alg, space_name)
     history = _history(space, alg, HISTORIES[history_name])
-    result = get_algorithm(alg).suggest(space, history, 8, {}, 7, "minimize")
+    result = get_algorithm(alg).suggest(space, history, 8, settings_for(alg, space), 7, "minimize")
     assert len(result.assignments) <= 8
     if not history:
         assert result.assignments
@@ -112,7 +133,7 @@ def test_suggestions_are_valid(alg: str, space_name: str, history_name: str) -> 
 @pytest.mark.parametrize(("alg", "space_name"), _cases())
 def test_many_suggestions_stay_valid(alg: str, space_name: str) -> None:
     space = _supported(alg, space_name)
-    result = get_algorithm(alg).suggest(space, [], 300, {}, 3, "maximize")
+    result = get_algorithm(alg).suggest(space, [], 300, settings_for(alg, space), 3, "maximize")
     assert len(result.assignments) <= 300
     for a in result.assignments:
         check_assignment(space, a)
@@ -122,8 +143,8 @@ def test_many_suggestions_stay_valid(alg: str, space_name: str) -> None:
 def test_deterministic(alg: str, space_name: str) -> None:
     space = _supported(alg, space_name)
     history = _history(space, alg, HISTORIES["mixed"])
-    first = get_algorithm(alg).suggest(space, history, 5, {}, 11, "minimize")
-    second = get_algorithm(alg).suggest(space, history, 5, {}, 11, "minimize")
+    first = get_algorithm(alg).suggest(space, history, 5, settings_for(alg, space), 11, "minimize")
+    second = get_algorithm(alg).suggest(space, history, 5, settings_for(alg, space), 11, "minimize")
     assert first == second
 
 
@@ -132,8 +153,8 @@ def test_seed_changes_output(alg: str, space_name: str) -> None:
     if alg in SEED_INDEPENDENT:
         pytest.skip(f"{alg} enumerates in a fixed order")
     space = _supported(alg, space_name)
-    a = get_algorithm(alg).suggest(space, [], 5, {}, 1, "minimize")
-    b = get_algorithm(alg).suggest(space, [], 5, {}, 2, "minimize")
+    a = get_algorithm(alg).suggest(space, [], 5, settings_for(alg, space), 1, "minimize")
+    b = get_algorithm(alg).suggest(space, [], 5, settings_for(alg, space), 2, "minimize")
     assert a.assignments != b.assignments
 
 
@@ -141,7 +162,7 @@ def test_seed_changes_output(alg: str, space_name: str) -> None:
 def test_inputs_not_mutated(alg: str, space_name: str) -> None:
     space = _supported(alg, space_name)
     history = _history(space, alg, HISTORIES["mixed"])
-    settings: dict[str, str] = {}
+    settings = settings_for(alg, space)
     before = (copy.deepcopy(space), copy.deepcopy(history), copy.deepcopy(settings))
     get_algorithm(alg).suggest(space, history, 4, settings, 5, "minimize")
     get_algorithm(alg).validate(space, settings, 10)
@@ -151,32 +172,34 @@ def test_inputs_not_mutated(alg: str, space_name: str) -> None:
 @pytest.mark.parametrize(("alg", "space_name"), _cases())
 def test_n_zero_returns_nothing(alg: str, space_name: str) -> None:
     space = _supported(alg, space_name)
-    assert get_algorithm(alg).suggest(space, [], 0, {}, 5, "minimize").assignments == []
+    assert get_algorithm(alg).suggest(space, [], 0, settings_for(alg, space), 5, "minimize").assignments == []
 
 
 @pytest.mark.parametrize(("alg", "space_name"), _cases())
 @pytest.mark.parametrize("n", [1, 2, 7])
 def test_at_most_n(alg: str, space_name: str, n: int) -> None:
     space = _supported(alg, space_name)
-    result = get_algorithm(alg).suggest(space, [], n, {}, 5, "minimize")
+    result = get_algorithm(alg).suggest(space, [], n, settings_for(alg, space), 5, "minimize")
     assert len(result.assignments) <= n
     assert len(result.labels) in (0, len(result.assignments))
 
 
 @pytest.mark.parametrize("alg", KNOWN_ALGORITHMS)
 def test_valid_empty_settings(alg: str) -> None:
-    assert get_algorithm(alg).validate(STEPPED, {}, None) == []
+    assert get_algorithm(alg).validate(STEPPED, settings_for(alg, STEPPED), None) == []
+    if alg in REQUIRED_SETTINGS:
+        assert get_algorithm(alg).validate(STEPPED, {}, None)
 
 
 @pytest.mark.parametrize("alg", KNOWN_ALGORITHMS)
 def test_unknown_setting_rejected(alg: str) -> None:
-    errors = get_algorithm(alg).validate(STEPPED, {"no_such_setting": "1"}, None)
+    errors = get_algorithm(alg).validate(STEPPED, {**settings_for(alg, STEPPED), "no_such_setting": "1"}, None)
     assert any("no_such_setting" in e for e in errors)
 
 
 @pytest.mark.parametrize("alg", KNOWN_ALGORITHMS)
 def test_no_repeats_within_a_batch_on_a_finite_space(alg: str) -> None:
     space = SearchSpace((Parameter("a", "int", 0, 3), Parameter("b", "categorical", values=("x", "y"))))
-    assignments = get_algorithm(alg).suggest(space, [], 8, {}, 5, "minimize").assignments
+    assignments = get_algorithm(alg).suggest(space, [], 8, settings_for(alg, space), 5, "minimize").assignments
     keys = [tuple(sorted(a.items())) for a in assignments]
     assert len(set(keys)) == len(keys)

@@ -130,7 +130,7 @@ def test_no_parallel_trial_count_requirement() -> None:
 
 
 def test_invalid_settings_raise_in_suggest() -> None:
-    with pytest.raises(ValueError, match="r_l and resource_name must be set."):
+    with pytest.raises(ValueError, match=r"r_l and resource_name must be set\."):
         Hyperband().suggest(SPACE, [], 3, {}, 0, "minimize")
 
 
@@ -252,6 +252,23 @@ def test_small_space_caps_the_bracket_and_stays_distinct() -> None:
     assert counts[(2, 0)] == 2 and counts[(1, 0)] == 2 and counts[(0, 0)] == 2
     keys = [tuple(sorted(t.assignment.items())) for t in history if t.labels[RUNG_LABEL] == "0"]
     assert len(keys) == len(set(keys))
+
+
+def test_katib_example_resource_range_is_respected() -> None:
+    # Katib's hyperband.yaml gives num-epochs the range [1, 1] with r_l = 2: every rung is clipped to 1.
+    space = SearchSpace(
+        (
+            Parameter("lr", "double", 0.01, 0.03),
+            Parameter("num-layers", "int", 2, 5),
+            Parameter("optimizer", "categorical", values=("sgd", "adam", "ftrl")),
+            Parameter("num-epochs", "int", 1, 1),
+        )
+    )
+    settings = {"resource_name": "num-epochs", "eta": "2", "r_l": "2"}
+    assert Hyperband().validate(space, settings, 2) == []
+    history = simulate(Hyperband(), 2, settings=settings, space=space, fn=lambda a: float(a["lr"]))
+    assert rung_counts(history) == {(1, 0): 2, (1, 1): 1, (0, 0): 2}
+    assert {t.assignment["num-epochs"] for t in history} == {"1"}
 
 
 def test_rung_zero_configs_are_distinct_and_valid() -> None:
