@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from natib.actors.base import Context
+from natib.algorithms.auto import choose_algorithm
 from natib.algorithms.registry import UnknownAlgorithm, get_algorithm
 from natib.messages import codec, subjects
 from natib.messages import events as ev
@@ -32,6 +33,8 @@ def suggest(state: ExperimentState, request: SuggestTrials) -> ev.TrialsSuggeste
     spec = exp.spec
     name = spec.algorithm.algorithm_name if spec.algorithm else "random"
     settings = {s.name: s.value for s in (spec.algorithm.algorithm_settings or [])} if spec.algorithm else {}
+    if name == "auto":
+        name = choose_algorithm(search_space(spec), len(state.trials))
     try:
         algorithm = get_algorithm(name)
         result = algorithm.suggest(search_space(spec), state.algorithm_history(), request.count, settings,

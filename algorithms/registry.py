@@ -21,6 +21,7 @@ _BUILTIN: dict[str, str] = {
     "hyperband": "natib.algorithms.hyperband:Hyperband",
     "successive-halving": "natib.algorithms.hyperband:SuccessiveHalving",
     "pbt": "natib.algorithms.pbt:PBT",
+    "auto": "natib.algorithms.auto:AutoSearch",
 }
 
 

@@ -564,6 +564,9 @@ def _job_kind(trial_spec: Mapping[str, Any] | None) -> str:
 def _default_spec(spec: dict[str, Any]) -> None:
     """Katib's mutating-webhook defaults, applied in place to a camelCase spec dict."""
     spec.setdefault("parallelTrialCount", DEFAULT_PARALLEL_TRIAL_COUNT)
+    if spec.get("algorithm") is None:
+        # natib picks an algorithm for the space where Katib would reject the experiment.
+        spec["algorithm"] = {"algorithmName": "auto"}
     if not spec.get("resumePolicy"):
         spec["resumePolicy"] = DEFAULT_RESUME_POLICY
 

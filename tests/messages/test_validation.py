@@ -153,7 +153,6 @@ KATIB_RULES = [
         at("spec.objective.additionalMetricNames", ["acc", "loss"]),
         [("spec.objective.additionalMetricNames", "should not contain spec.objective.objectiveMetricName")],
     ),
-    ("algorithm-missing", spec_set(algorithm=None), [("spec.algorithm", "must be specified")]),
     (
         "algorithm-name-empty",
         at("spec.algorithm.algorithmName", ""),
@@ -1012,3 +1011,8 @@ def test_update_of_a_finished_experiment_that_cannot_restart() -> None:
 
 def test_unchanged_spec_is_always_accepted() -> None:
     assert validate_update(_exp(), _exp(), status_trials=100, restartable=False) == []
+
+
+def test_an_omitted_algorithm_means_auto() -> None:
+    # natib picks an algorithm for the space where Katib rejects the experiment ("must be specified").
+    assert errors_of(spec_set(algorithm=None)) == []
