@@ -110,7 +110,7 @@ def decide(state: ExperimentState) -> Decision:
         else:
             d.events.append(ev.TrialCreated(trial=name, index=index, request=request, assignment=assignment,
                                             run_spec=run_spec, labels=labels))
-            d.commands.append(launch_command(state, name, run_spec))
+            d.commands.append(launch_command(state, name, run_spec, labels))
         index += 1
         need -= 1
     remaining = len(state.pending_assignments) - len([e for e in d.events if isinstance(e, ev.TrialCreated)])
@@ -144,16 +144,28 @@ def render_run_spec(state: ExperimentState, name: str, assignment: dict[str, str
     return render_trial_spec(template.trial_spec, params, assignment, trial_name=name, namespace=namespace)
 
 
-def launch_command(state: ExperimentState, name: str, run_spec: dict[str, Any]) -> Outgoing:
+def launch_command(state: ExperimentState, name: str, run_spec: dict[str, Any],
+                   labels: dict[str, str] | None = None) -> Outgoing:
     """The LaunchTrial command for a trial."""
     assert state.experiment is not None
     template = state.experiment.spec.trial_template
     spec = state.experiment.spec
     collector = msgspec.to_builtins(spec.metrics_collector_spec) if spec.metrics_collector_spec else None
+    trial = state.trials.get(name)
     return Outgoing("launcher", state.name, LaunchTrial(
         trial=name, run_spec=run_spec, primary_container_name=template.primary_container_name or "",
         source_dir=state.source_dir, metrics_collector=collector, metric_names=spec.metric_names(),
+        labels=dict(trial.labels) if trial else dict(labels or {}), checkpoint_dir=checkpoint_dir(state),
     ), f"{state.uid}:launch:{name}")
+
+
+def checkpoint_dir(state: ExperimentState) -> str | None:
+    """The in-container checkpoint path PBT trials use (its ``suggestion_trial_dir`` setting), else None."""
+    assert state.experiment is not None
+    alg = state.experiment.spec.algorithm
+    if alg is None or alg.algorithm_name != "pbt":
+        return None
+    return next((s.value for s in alg.algorithm_settings or [] if s.name == "suggestion_trial_dir"), None)
 
 
 def stop_commands(state: ExperimentState, reason: str, message: str) -> list[Outgoing]:

@@ -29,6 +29,8 @@ class LaunchTrial(Command, tag="launch-trial", frozen=True, kw_only=True):
     metrics_file: str | None = None
     metrics_collector: dict[str, Any] | None = None
     metric_names: list[str] = []
+    labels: dict[str, str] = {}
+    checkpoint_dir: str | None = None
 
 
 class StopTrial(Command, tag="stop-trial", frozen=True, kw_only=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ from natib.actors.launcher.sources import (
     rewrite,
 )
 from natib.actors.launcher.template import TemplateError, find_primary_container, local_command
+from natib.algorithms.pbt import checkpoint_plan
 from natib.messages import codec, subjects
 from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
@@ -182,6 +184,11 @@ class LocalLauncher:
         except OSError as exc:
             await self._fail(experiment, cmd.trial, td, f"cannot start trial: {exc}")
             return None
+        if cmd.checkpoint_dir:
+            own = self._checkpoints(experiment, cmd)
+            argv = rewrite(argv, cmd.checkpoint_dir.rstrip("/"), own)
+            env = dict(zip(env, rewrite(list(env.values()), cmd.checkpoint_dir.rstrip("/"), own), strict=True))
+            env["NATIB_CHECKPOINT_DIR"] = str(own)
         if collector_kind(cmd.metrics_collector) == "Custom":
             await self._start_custom(cmd, td, env, cwd, mount)
         ticks = process_start_ticks(proc.pid) or 0
@@ -196,6 +203,17 @@ class LocalLauncher:
         log.info("trial_started", experiment=experiment, trial=cmd.trial, pid=proc.pid, attempt=attempt,
                  argv0=local.argv[0])
         return proc
+
+    def _checkpoints(self, experiment: str, cmd: LaunchTrial) -> Path:
+        """The trial's own checkpoint directory, starting as a copy of its parent's (population based training)."""
+        own_name, parent_name = checkpoint_plan(cmd.trial, cmd.labels)
+        root = self.ctx.settings.home / "checkpoints" / experiment
+        own = root / own_name
+        parent = root / parent_name if parent_name else None
+        if parent is not None and parent.is_dir() and parent != own and not own.exists():
+            shutil.copytree(parent, own)
+        own.mkdir(parents=True, exist_ok=True)
+        return own
 
     def _nats_url(self) -> str | None:
         """The NATS address trials use for ``natib.report_metrics``."""

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import pickle
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 from reporting import make_reporter
@@ -82,6 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="how per-epoch metrics reach natib (one per Katib collector kind)")
     parser.add_argument("--metrics-path", help="metrics file (file-*) or event directory (tfevent)")
     parser.add_argument("--port", type=positive_int, default=8080, help="port of /metrics (prometheus)")
+    parser.add_argument("--checkpoint-dir", help="resume from and save to model.pkl here (population based training)")
     return parser.parse_args(argv)
 
 
@@ -101,6 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     model = SGDClassifier(
         loss=args.loss, alpha=args.alpha, learning_rate="constant", eta0=args.lr, random_state=SEED
     )
+    checkpoint = Path(args.checkpoint_dir) / "model.pkl" if args.checkpoint_dir else None
+    if checkpoint is not None and checkpoint.exists():
+        # Continue the parent's training with this trial's hyperparameters.
+        model = pickle.loads(checkpoint.read_bytes())
+        model.set_params(eta0=args.lr, alpha=args.alpha)
+        print(f"resumed from {checkpoint}", file=sys.stderr)
     rng = np.random.default_rng(SEED)
     reporter = make_reporter(args.report, args.metrics_path, args.port)
     accuracy = 0.0
@@ -114,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
             accuracy = float(model.score(x_val, y_val))
             reporter.report(epoch, {"accuracy": accuracy, "loss": 1.0 - accuracy})
     reporter.close()
+    if checkpoint is not None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        partial = checkpoint.with_suffix(".tmp")
+        partial.write_bytes(pickle.dumps(model))
+        partial.replace(checkpoint)  # readers never see a half-written checkpoint
     if args.report == "stdout":
         print(f"accuracy={accuracy:.4f}")
         print(f"loss={1.0 - accuracy:.4f}")
