@@ -18,9 +18,18 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.optimize import minimize
 from scipy.spatial.distance import cdist
 from scipy.special import erfcx, log_ndtr
+from threadpoolctl import threadpool_limits
 
 from natib.algorithms.base import effective_seed, random_state_errors, rng_for, unknown_setting_errors
-from natib.algorithms.sampling import NumericGrid, finite_values, iter_points, sample_assignment, space_errors, space_size
+from natib.algorithms.sampling import (
+    NumericGrid,
+    finite_values,
+    is_finite,
+    iter_points,
+    sample_assignment,
+    space_errors,
+    space_size,
+)
 from natib.algorithms.space import (
     Assignment,
     ObjectiveType,
@@ -216,8 +225,7 @@ def _make_column(p: Parameter, start: int) -> _Column:
     assert p.min is not None and p.max is not None
     log = p.distribution in _LOG and p.min > 0
     lo, hi = (math.log(p.min), math.log(p.max)) if log else (float(p.min), float(p.max))
-    values = finite_values(p) if p.type == "int" or p.step is not None else None
-    if values is None:
+    if not is_finite(p):
         return _Column(p, "cont", start, 1, log=log, lo=lo, hi=hi)
     grid = NumericGrid(p)
     step = float(p.step) if p.step is not None else 1.0
@@ -250,8 +258,14 @@ class _GP(_Surrogate):
         self.params = params if params is not None else _tune(x, y, seed)
         amp, _, noise = self.params
         k = self._kernel(x, x)
-        k[np.diag_indices_from(k)] += noise + 1e-8 * amp
-        self.chol = cho_factor(k, lower=True)
+        jitter = 1e-8 * amp
+        while True:
+            try:
+                self.chol = cho_factor(k + (noise + jitter) * np.eye(len(x)), lower=True)
+                break
+            except np.linalg.LinAlgError:
+                # Repeated points with almost no noise; a little more on the diagonal keeps the solve stable.
+                jitter *= 100
         self.alpha = cho_solve(self.chol, y)
 
     def _kernel(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -297,12 +311,14 @@ def _tune(x: np.ndarray, y: np.ndarray, seed: int) -> tuple[float, np.ndarray, f
     fitted = tuner.kernel_
     return (
         float(fitted.k1.k1.constant_value),
-        np.atleast_1d(np.asarray(fitted.k1.k2.length_scale, dtype=float)).repeat(dim if np.ndim(fitted.k1.k2.length_scale) == 0 else 1),
+        np.asarray(fitted.k1.k2.length_scale, dtype=float).reshape(dim),
         float(fitted.k2.noise_level),
     )
 
 
 class _Trees(_Surrogate):
+    """A random forest, extra trees, or quantile gradient boosting, with uncertainty from their spread."""
+
     def __init__(self, kind: str, x: np.ndarray, y: np.ndarray, seed: int) -> None:
         from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor, RandomForestRegressor
 
@@ -313,13 +329,13 @@ class _Trees(_Surrogate):
             # Uncertainty from the spread between the 16% and 84% quantile fits (one sd for a normal).
             self.models = [
                 GradientBoostingRegressor(
-                    loss="quantile", alpha=a, n_estimators=50, max_depth=3, learning_rate=0.1, random_state=rs
+                    loss="quantile", alpha=a, n_estimators=40, max_depth=3, learning_rate=0.1, random_state=rs
                 ).fit(x, y)
                 for a in (0.16, 0.5, 0.84)
             ]
         else:
             cls = RandomForestRegressor if kind == "RF" else ExtraTreesRegressor
-            self.models = [cls(n_estimators=64, min_samples_leaf=2, random_state=rs).fit(x, y)]
+            self.models = [cls(n_estimators=48, min_samples_leaf=2, random_state=rs).fit(x, y)]
 
     def predict(self, xs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.kind == "GBRT":
@@ -407,9 +423,7 @@ class BayesianOptimization:
         "random_state",
     )
 
-    def validate(
-        self, space: SearchSpace, settings: Mapping[str, str], max_trial_count: int | None
-    ) -> list[str]:
+    def validate(self, space: SearchSpace, settings: Mapping[str, str], max_trial_count: int | None) -> list[str]:
         """Check the settings with Katib's messages, and that every parameter can be sampled."""
         errors = unknown_setting_errors(settings, self.settings_names, self.name)
         if "base_estimator" in settings and settings["base_estimator"] not in BASE_ESTIMATORS:
@@ -431,20 +445,34 @@ class BayesianOptimization:
         objective: ObjectiveType,
     ) -> SuggestResult:
         """Up to ``n`` distinct new points: random until ``n_initial_points`` trials exist, then model-guided."""
+        # The matrices here are at most a few hundred wide, where starting BLAS threads costs more than it saves.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._suggest(space, history, n, settings, seed, objective)
+
+    def _suggest(
+        self,
+        space: SearchSpace,
+        history: Sequence[Trial],
+        n: int,
+        settings: Mapping[str, str],
+        seed: int,
+        objective: ObjectiveType,
+    ) -> SuggestResult:
         errors = self.validate(space, settings, None)
         if errors:
             raise ValueError(errors[0])
         seed = effective_seed(settings, seed)
         estimator = settings.get("base_estimator", "GP")
         n_initial = int(settings.get("n_initial_points", DEFAULT_N_INITIAL_POINTS))
-        acq_func = {"EIps": "EI", "PIps": "PI"}.get(settings.get("acq_func", "gp_hedge"), settings.get("acq_func", "gp_hedge"))
+        requested = settings.get("acq_func", "gp_hedge")
+        acq_func = {"EIps": "EI", "PIps": "PI"}.get(requested, requested)
         polish = estimator == "GP" and settings.get("acq_optimizer", "auto") in ("auto", "lbfgs")
 
         rng = rng_for(seed, history)
         enc = UnitEncoder(space.parameters)
         used = {assignment_key(space, t.assignment) for t in history}
         total = space_size(space)
-        if total is not None and len(used) >= total and _all_used(space, used):
+        if total is not None and len(used) >= total and all_used(space, used):
             return SuggestResult(assignments=[], exhausted=True)
 
         sign = -1.0 if objective == "maximize" else 1.0
@@ -466,7 +494,7 @@ class BayesianOptimization:
         best = 0.0
         for i in range(n):
             if len(history) + i < n_initial or len(xs_obs) < 2:
-                pick = _random_point(space, rng, used)
+                pick = random_point(space, rng, used)
                 if pick is None:
                     break
                 out.append(pick)
@@ -480,14 +508,16 @@ class BayesianOptimization:
                 best = float(y_std.min())
                 x_obs = np.array(xs_obs)
                 model_seed = int(rng.integers(2**31))
-                model = _GP(x_obs, y_std, model_seed) if estimator == "GP" else _Trees(estimator, x_obs, y_std, model_seed)
+                model = (
+                    _GP(x_obs, y_std, model_seed) if estimator == "GP" else _Trees(estimator, x_obs, y_std, model_seed)
+                )
                 if xs_pending:
                     xp = np.array(xs_pending)
                     model = model.condition(xp, model.predict(xp)[0])
                 top = x_obs[np.argsort(y_std, kind="stable")[:5]]
             x_new = self._next_point(model, enc, space, acq_func, best, top, rng, used, polish)
             if x_new is None:
-                pick = _random_point(space, rng, used)
+                pick = random_point(space, rng, used)
                 if pick is None:
                     break
                 x_new = enc.encode(pick)
@@ -499,7 +529,7 @@ class BayesianOptimization:
             if i + 1 < n:
                 xn = x_new[None, :]
                 model = model.condition(xn, model.predict(xn)[0])
-        exhausted = total is not None and len(out) < n and _all_used(space, used)
+        exhausted = total is not None and len(out) < n and all_used(space, used)
         return SuggestResult(assignments=out, exhausted=exhausted)
 
     @staticmethod
@@ -520,19 +550,19 @@ class BayesianOptimization:
         noise = rng.normal(0.0, 0.05, size=around.shape) * enc.numeric_mask
         cands = np.unique(enc.snap(np.vstack([cands, around + noise])), axis=0)
         mu, sd = model.predict(cands)
-        acqs = ("EI", "PI", "LCB") if acq_func == "gp_hedge" else (acq_func,)
-        nominees: list[np.ndarray] = []
-        for acq in acqs:
-            x = _maximise(model, enc, space, acq, best, cands, _score(acq, mu, sd, best), used, polish)
-            if x is not None:
-                nominees.append(x)
-        if not nominees:
-            return None
-        if len(nominees) == 1:
-            return nominees[0]
-        reward = -model.predict(np.array(nominees))[0]
-        p = np.exp(reward - reward.max())
-        return nominees[int(rng.choice(len(nominees), p=p / p.sum()))]
+        if acq_func == "gp_hedge":
+            # Nominees come from the samples alone; only the acquisition drawn is worth polishing.
+            acqs = ("EI", "PI", "LCB")
+            nominees = [
+                _maximise(model, enc, space, a, best, cands, _score(a, mu, sd, best), used, False) for a in acqs
+            ]
+            found = [k for k, x in enumerate(nominees) if x is not None]
+            if not found:
+                return None
+            reward = -model.predict(np.array([nominees[k] for k in found]))[0]
+            p = np.exp(reward - reward.max())
+            acq_func = acqs[found[int(rng.choice(len(found), p=p / p.sum()))]]
+        return _maximise(model, enc, space, acq_func, best, cands, _score(acq_func, mu, sd, best), used, polish)
 
 
 def _maximise(
@@ -590,7 +620,7 @@ def _polish(model: _Surrogate, acq: str, best: float, start: np.ndarray, idx: np
     return out
 
 
-def _random_point(space: SearchSpace, rng: np.random.Generator, used: set[tuple[str, ...]]) -> Assignment | None:
+def random_point(space: SearchSpace, rng: np.random.Generator, used: set[tuple[str, ...]]) -> Assignment | None:
     """A point drawn from the parameters' distributions that is not in ``used``; None once a finite space is full."""
     drawn: Assignment = {}
     for _ in range(MAX_DRAWS):
@@ -606,7 +636,7 @@ def _random_point(space: SearchSpace, rng: np.random.Generator, used: set[tuple[
     return dict(zip(space.names(), free[int(rng.integers(len(free)))], strict=True))
 
 
-def _all_used(space: SearchSpace, used: set[tuple[str, ...]]) -> bool:
+def all_used(space: SearchSpace, used: set[tuple[str, ...]]) -> bool:
     """Whether every point of a finite space is in ``used``."""
     total = space_size(space)
     if total is None:

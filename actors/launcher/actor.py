@@ -175,6 +175,11 @@ class LocalLauncher:
             argv = rewrite(argv, mounted, local_dir)
             env = dict(zip(env, rewrite(list(env.values()), mounted, local_dir), strict=True))
             env["NATIB_METRICS_PATH"] = rewrite([mount[0]], mounted, local_dir)[0]
+        if cmd.checkpoint_dir:
+            own = self._checkpoints(experiment, cmd)
+            argv = rewrite(argv, cmd.checkpoint_dir.rstrip("/"), own)
+            env = dict(zip(env, rewrite(list(env.values()), cmd.checkpoint_dir.rstrip("/"), own), strict=True))
+            env["NATIB_CHECKPOINT_DIR"] = str(own)
         try:
             proc = await asyncio.create_subprocess_exec(
                 "/bin/sh", "-c", WRAPPER, "natib-trial", str(td.output), str(td.exit_code_file), *argv,
@@ -184,11 +189,6 @@ class LocalLauncher:
         except OSError as exc:
             await self._fail(experiment, cmd.trial, td, f"cannot start trial: {exc}")
             return None
-        if cmd.checkpoint_dir:
-            own = self._checkpoints(experiment, cmd)
-            argv = rewrite(argv, cmd.checkpoint_dir.rstrip("/"), own)
-            env = dict(zip(env, rewrite(list(env.values()), cmd.checkpoint_dir.rstrip("/"), own), strict=True))
-            env["NATIB_CHECKPOINT_DIR"] = str(own)
         if collector_kind(cmd.metrics_collector) == "Custom":
             await self._start_custom(cmd, td, env, cwd, mount)
         ticks = process_start_ticks(proc.pid) or 0
