@@ -29,7 +29,7 @@ class FileReporter:
 
     def __init__(self, path: str, fmt: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(path, "a", buffering=1)  # noqa: SIM115 - kept open for the whole run
+        self.fh = open(path, "a", buffering=1)  # kept open for the whole run
         self.fmt = fmt
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
@@ -88,7 +88,7 @@ class TFEventReporter:
     def __init__(self, directory: str) -> None:
         Path(directory).mkdir(parents=True, exist_ok=True)
         name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self.fh = open(Path(directory) / name, "ab")  # noqa: SIM115 - kept open for the whole run
+        self.fh = open(Path(directory) / name, "ab")  # kept open for the whole run
         self._write(_field(1, 1, struct.pack("<d", time.time())) + _length_delimited(3, b"brain.Event:2"))
 
     def _write(self, event: bytes) -> None:
