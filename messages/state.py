@@ -171,7 +171,7 @@ class RequestState:
     exhausted: bool = False
     failed: str | None = None
     returned: int = 0
-    completed_when_answered: int = 0
+    completed_when_requested: int = 0
 
 
 @dataclass
@@ -259,14 +259,15 @@ class ExperimentState:
         self.experiment = msgspec.structs.replace(self.experiment, spec=spec)
 
     def _requested(self, e: ev.SuggestionRequested, when: datetime) -> None:
-        self.requests[e.request] = RequestState(e.request, e.count, seq=self.last_seq)
+        self.requests[e.request] = RequestState(e.request, e.count, seq=self.last_seq,
+                                                completed_when_requested=self.completed_count())
 
     def _suggested(self, e: ev.TrialsSuggested, when: datetime) -> None:
         req = self.requests.setdefault(e.request, RequestState(e.request, len(e.assignments)))
         if req.answered:
             return
         req.answered, req.exhausted = True, e.exhausted
-        req.returned, req.completed_when_answered = len(e.assignments), self.completed_count()
+        req.returned = len(e.assignments)
         for i, assignment in enumerate(e.assignments):
             labels = e.labels[i] if i < len(e.labels) else {}
             self.pending_assignments.append((e.request, dict(assignment), dict(labels)))
@@ -352,12 +353,16 @@ class ExperimentState:
         return None
 
     def waiting_for_results(self) -> bool:
-        """The last answer was short but not final: ask again only after another trial has completed."""
+        """The last answer was short but not final: ask again only once a trial completed after the request.
+
+        The answer was computed from the history as it was when the request was made, so any completion
+        since then can change it.
+        """
         if not self.requests:
             return False
         last = self.requests[max(self.requests)]
         return (last.answered and not last.exhausted and last.failed is None and last.returned < last.count
-                and self.completed_count() == last.completed_when_answered)
+                and self.completed_count() == last.completed_when_requested)
 
     def exhausted(self) -> bool:
         """The algorithm said it has nothing more to suggest."""
