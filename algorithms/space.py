@@ -47,6 +47,44 @@ class Parameter:
         return str(value)
 
 
+def _katib_number(text: object, what: str, integer: bool) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(str(text))
+    except ValueError:
+        raise ValueError(f"{what}: {text} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{what}: {text} is not a finite number")
+    if integer and not value.is_integer():
+        raise ValueError(f"{what}: {text} is not an integer")
+    return value
+
+
+def parameter_from_katib(spec: Mapping[str, object]) -> Parameter:
+    """A Parameter from one Katib ``parameters`` entry (``name``, ``parameterType``, ``feasibleSpace``).
+
+    Raises ValueError naming the field when a bound does not parse as a number of the parameter's type.
+    """
+    fs = spec.get("feasibleSpace") or {}
+    if not isinstance(fs, Mapping):
+        raise ValueError("feasibleSpace: must be a mapping")
+    kind = str(spec.get("parameterType", ""))
+    if kind not in ("double", "int", "discrete", "categorical"):
+        raise ValueError(f"parameterType: {kind} is not supported")
+    integer = kind == "int"
+    values = fs.get("list") or ()
+    return Parameter(
+        name=str(spec.get("name", "")),
+        type=kind,  # type: ignore[arg-type]
+        min=_katib_number(fs.get("min"), "feasibleSpace.min", integer),
+        max=_katib_number(fs.get("max"), "feasibleSpace.max", integer),
+        step=_katib_number(fs.get("step"), "feasibleSpace.step", integer),
+        values=tuple(str(v) for v in values),  # type: ignore[union-attr]
+        distribution=str(fs.get("distribution") or "uniform"),  # type: ignore[arg-type]
+    )
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """An ordered collection of parameters."""
@@ -62,6 +100,11 @@ class SearchSpace:
     def names(self) -> list[str]:
         """Parameter names in spec order."""
         return [p.name for p in self.parameters]
+
+    @classmethod
+    def from_katib(cls, parameters: Sequence[Mapping[str, object]]) -> SearchSpace:
+        """A space from Katib's ``spec.parameters`` list (as plain dicts, the way YAML or JSON gives it)."""
+        return cls(tuple(parameter_from_katib(p) for p in parameters))
 
     def get(self, name: str) -> Parameter:
         """The parameter called ``name`` (KeyError if absent)."""

@@ -7,16 +7,15 @@ unchanged: unknown fields are ignored, and numbers written where Katib expects s
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Iterator, Mapping
-from typing import Any, Literal, Self, cast
+from typing import Any, Literal, Self
 
 import msgspec
 import msgspec.inspect as mi
 import yaml
 
-from natib.algorithms.space import Distribution, Parameter, ParameterType, SearchSpace
+from natib.algorithms.space import Parameter, SearchSpace, parameter_from_katib
 
 __all__ = [
     "API_VERSION",
@@ -638,31 +637,10 @@ def apply_defaults(exp: Experiment) -> Experiment:
 # ---------------------------------------------------------------- helpers
 
 
-def _number(text: str | None, what: str, integer: bool) -> float | None:
-    if text is None or text == "":
-        return None
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{what}: {text} is not a finite number")
-    if integer and not value.is_integer():
-        raise ValueError(f"{what}: {text} is not an integer")
-    return value
-
-
 def _parameters(params: list[ParameterSpec], base: str) -> Iterator[Parameter]:
     for i, p in enumerate(params):
-        fs = p.feasible_space
-        integer = p.parameter_type == "int"
         try:
-            yield Parameter(
-                name=p.name,
-                type=cast(ParameterType, p.parameter_type),
-                min=_number(fs.min, "feasibleSpace.min", integer),
-                max=_number(fs.max, "feasibleSpace.max", integer),
-                step=_number(fs.step, "feasibleSpace.step", integer),
-                values=tuple(fs.list_ or ()),
-                distribution=cast(Distribution, fs.distribution or DEFAULT_DISTRIBUTION),
-            )
+            yield parameter_from_katib(msgspec.to_builtins(p))
         except ValueError as exc:
             raise SpecError([FieldError(path=f"{base}[{i}].feasibleSpace", message=str(exc))]) from None
 
