@@ -620,7 +620,8 @@ def _validate_metrics_collector(mc: MetricsCollectorSpec | None, errors: _Errors
     if kind in ("StdOut", "Push"):
         pass
     elif kind == "File":
-        if fsp is None or fsp.kind != "File" or not fsp.path.startswith("/"):
+        # natib also follows every file of a Directory (Katib accepts kind File only).
+        if fsp is None or fsp.kind not in ("File", "Directory") or not fsp.path.startswith("/"):
             errors.add(f"{src_path}.fileSystemPath.path", "file path where metrics file exists is required")
         fmt = fsp.format if fsp is not None else ""
         if fmt not in ("TEXT", "JSON"):

@@ -117,3 +117,36 @@ def test_hyperband_early_stopping_stops_the_worst(natib_env: dict[str, str], tmp
                if any(c["type"] == "EarlyStopped" for c in t["status"]["conditions"])}  # type: ignore[index]
     # Each rung keeps the top half of the trials that reached it: the best goes on, the worst do not.
     assert "0.9" not in stopped and stopped & {"0.1", "0.2"}, stopped
+
+
+def test_file_directory_collects_every_file(natib_env: dict[str, str], tmp_path: Path) -> None:
+    script = ("mkdir -p /katib/dir && echo 'acc=0.${trialParameters.x}1' > /katib/dir/a.log && "
+              "echo 'acc=0.${trialParameters.x}2' > /katib/dir/b.log")
+    path = write(tmp_path, "dirmc", experiment_yaml(
+        "dirmc", script, params=[int_param("x", 1, 9)], objective={"type": "maximize", "objectiveMetricName": "acc"},
+        extra={"maxTrialCount": 1, "parallelTrialCount": 1, "metricsCollectorSpec": {
+            "collector": {"kind": "File"},
+            "source": {"fileSystemPath": {"path": "/katib/dir", "kind": "Directory", "format": "TEXT"}}}},
+    ))
+    run = run_cli(natib_env, "run", str(path))
+    assert run.returncode == 0, run.stdout + run.stderr
+    [trial] = trials_of(natib_env, "dirmc")
+    values = sorted(m["value"] for m in metric_history(natib_env, trial["metadata"]["name"])["metrics"])  # type: ignore[index]
+    assert len(values) == 2 and values[0].endswith("1") and values[1].endswith("2")
+    assert not Path("/katib/dir/a.log").exists(), "the trial wrote into its own copy of the directory"
+
+
+def test_early_stopping_works_with_push(natib_env: dict[str, str], tmp_path: Path) -> None:
+    script = ("python -c \"import time, natib\n"
+              "for step in range(6):\n"
+              "    natib.report_metrics({'acc': ${trialParameters.x}}, step=step); time.sleep(0.1)\"")
+    path = write(tmp_path, "pushstop", experiment_yaml(
+        "pushstop", script, algorithm="grid", objective={"type": "maximize", "objectiveMetricName": "acc"},
+        params=[{"name": "x", "parameterType": "discrete", "feasibleSpace": {"list": ["0.9", "0.8", "0.1"]}}],
+        extra={"parallelTrialCount": 1, "metricsCollectorSpec": {"collector": {"kind": "Push"}},
+               "earlyStopping": {"algorithmName": "medianstop", "algorithmSettings": [
+                   {"name": "min_trials_required", "value": "2"}, {"name": "start_step", "value": "2"}]}},
+    ))
+    run = run_cli(natib_env, "run", str(path), timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "2 succeeded, 0 failed, 0 killed, 1 early stopped" in run.stdout

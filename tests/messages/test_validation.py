@@ -410,21 +410,6 @@ KATIB_RULES = [
         ],
     ),
     (
-        "file-directory-kind",
-        spec_set(
-            metricsCollectorSpec={
-                "collector": {"kind": "File"},
-                "source": {"fileSystemPath": {"path": "/out", "kind": "Directory"}},
-            }
-        ),
-        [
-            (
-                "spec.metricsCollectorSpec.source.fileSystemPath.path",
-                "file path where metrics file exists is required",
-            )
-        ],
-    ),
-    (
         "file-format",
         spec_set(
             metricsCollectorSpec={
@@ -1016,3 +1001,11 @@ def test_unchanged_spec_is_always_accepted() -> None:
 def test_an_omitted_algorithm_means_auto() -> None:
     # natib picks an algorithm for the space where Katib rejects the experiment ("must be specified").
     assert errors_of(spec_set(algorithm=None)) == []
+
+
+def test_file_collector_also_accepts_a_directory() -> None:
+    # natib follows every file of a Directory; Katib accepts only kind File here.
+    assert errors_of(spec_set(metricsCollectorSpec={
+        "collector": {"kind": "File"},
+        "source": {"fileSystemPath": {"path": "/out", "kind": "Directory", "format": "TEXT"}},
+    })) == []
