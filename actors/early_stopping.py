@@ -93,7 +93,8 @@ class EarlyStopper:
             return
         if env is None or not isinstance(env.body, ev.MetricReported):
             return
-        state = await self.ctx.store.load(env.experiment)
+        # The state as of this report, so `natib replay --verify` can reproduce the decision exactly.
+        state = await self.ctx.store.load(env.experiment, until_seq=raw.seq)
         if state.experiment is None or state.experiment.spec.early_stopping is None:
             return
         stop = evaluate(state, env.body.trial, env.body.step)
