@@ -23,7 +23,7 @@ from natib.messages import subjects
 from natib.messages.commands import LaunchTrial, StopTrial, SuggestTrials
 from natib.messages.spec import Experiment, SpecError, load_experiment
 from natib.messages.state import ExperimentState
-from natib.messages.validation import validate_experiment
+from natib.messages.validation import validate_experiment, validate_update
 from natib.runtime.bus import RawMessage, WrongLastSequence
 from natib.runtime.errors import RetryableError
 from natib.runtime.logging import get_logger
@@ -213,6 +213,7 @@ class ExperimentController:
         await bus.serve(subjects.api("create"), self.api_create, queue=KIND)
         await bus.serve(subjects.api("delete"), self.api_delete, queue=KIND)
         await bus.serve(subjects.api("ping"), self.api_ping, queue=KIND)
+        await bus.serve(subjects.api("patch"), self.api_patch, queue=KIND)
         await self.resync()
         await bus.consume(
             subjects.EVENTS_STREAM, KIND, subjects.EVENTS_ALL, self.on_event, stop=self.ctx.stop,
@@ -326,9 +327,60 @@ class ExperimentController:
         log.info("experiment_deleted", experiment=name)
         return _reply(True, name=name)
 
+    async def api_patch(self, data: bytes) -> bytes:
+        """Edit the three budget fields Katib allows; raising maxTrialCount restarts a resumable experiment."""
+        req = msgspec.json.decode(data)
+        name = req["name"]
+        for _attempt in range(10):
+            state = await self.ctx.store.load(name, fresh=True)
+            if state.experiment is None or state.deleted:
+                return _reply(False, errors=[f'experiments.kubeflow.org "{name}" not found'])
+            decision, errors = patch_decision(state, req)
+            if errors:
+                return _reply(False, errors=errors)
+            try:
+                await self.ctx.store.append_decisions(state, decision)
+            except WrongLastSequence:
+                continue
+            if self.ctx.replica != "cli":
+                await self.reconcile(name)
+            return _reply(True, name=name, restarted=any(isinstance(e, ev.ExperimentRunning) for e in decision))
+        return _reply(False, errors=[f"experiment {name} is changing too fast; try again"])
+
     async def api_ping(self, data: bytes) -> bytes:
         """Tell the CLI that natib actors are up."""
         return _reply(True, replica=self.ctx.replica)
+
+
+def restartable(state: ExperimentState) -> bool:
+    """Katib's restart rule: succeeded by reaching maxTrialCount, with resumePolicy LongRunning or FromVolume."""
+    assert state.experiment is not None
+    if not state.is_finished():
+        return True
+    succeeded = next((c for c in state.conditions if c.type == "Succeeded" and c.status == "True"), None)
+    return (succeeded is not None and succeeded.reason == "ExperimentMaxTrialsReached"
+            and state.experiment.spec.resume_policy in ("LongRunning", "FromVolume"))
+
+
+def patch_decision(state: ExperimentState, req: dict[str, Any]) -> tuple[list[ev.Event], list[str]]:
+    """The events a budget edit produces, and the errors that refuse it (pure)."""
+    assert state.experiment is not None
+    old = state.experiment
+    budgets = {
+        "max_trial_count": req.get("max_trial_count", old.spec.max_trial_count),
+        "parallel_trial_count": req.get("parallel_trial_count", old.spec.parallel_trial_count),
+        "max_failed_trial_count": req.get("max_failed_trial_count", old.spec.max_failed_trial_count),
+    }
+    new = msgspec.structs.replace(old, spec=msgspec.structs.replace(old.spec, **budgets))
+    errors = [str(e) for e in validate_update(old, new, len(state.trials), restartable(state))]
+    errors += [str(e) for e in validate_experiment(new, check_settings=False)
+               if e.path in ("spec.maxTrialCount", "spec.parallelTrialCount", "spec.maxFailedTrialCount")]
+    if errors or new.spec == old.spec:
+        return [], errors
+    events: list[ev.Event] = [ev.BudgetChanged(**budgets)]
+    if state.is_finished():
+        events.append(ev.ExperimentRunning(message="Experiment is restarted"))
+    return events, []
 
 
 def view(state: ExperimentState) -> dict[str, Any]:

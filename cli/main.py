@@ -76,7 +76,8 @@ async def request(bus: Bus, endpoint: str, payload: dict[str, Any], settings: Se
 
         ctx = Context(bus=bus, store=EventStore(bus), settings=settings, stop=asyncio.Event(), replica="cli")
         controller = ExperimentController(ctx)
-        handler = {"create": controller.api_create, "delete": controller.api_delete}[endpoint]
+        handler = {"create": controller.api_create, "delete": controller.api_delete,
+                   "patch": controller.api_patch}[endpoint]
         reply = await handler(data)
     out: dict[str, Any] = msgspec.json.decode(reply)
     return out
@@ -475,6 +476,26 @@ async def cmd_delete(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_patch(args: argparse.Namespace, settings: Settings) -> int:
+    """Edit an experiment's trial budgets (and restart it when it may be resumed)."""
+    payload: dict[str, Any] = {"name": args.name}
+    for flag, key in (("max_trials", "max_trial_count"), ("parallel", "parallel_trial_count"),
+                      ("max_failed", "max_failed_trial_count")):
+        if getattr(args, flag) is not None:
+            payload[key] = getattr(args, flag)
+    if len(payload) == 1:
+        raise CliError("nothing to change: give --max-trials, --parallel or --max-failed")
+    bus = await connect(settings)
+    try:
+        reply = await request(bus, "patch", payload, settings)
+    finally:
+        await bus.close()
+    if not reply.get("ok"):
+        raise CliError("\n".join(reply.get("errors") or []))
+    print(f"experiment.kubeflow.org/{args.name} patched" + (" (restarting)" if reply.get("restarted") else ""))
+    return 0
+
+
 async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     """Run NATS (when needed) and actors in the foreground until SIGTERM/SIGINT."""
     from natib.actors.app import ACTOR_KINDS, run_actors
@@ -560,6 +581,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("resource", choices=["experiment", "experiments", "exp"])
     s.add_argument("name")
     s.set_defaults(func=cmd_delete)
+    s = sub.add_parser("patch", help="edit an experiment's trial budgets (restarts a resumable experiment)")
+    s.add_argument("resource", choices=["experiment", "experiments", "exp"])
+    s.add_argument("name")
+    s.add_argument("--max-trials", type=int, dest="max_trials", help="new maxTrialCount")
+    s.add_argument("--parallel", type=int, help="new parallelTrialCount")
+    s.add_argument("--max-failed", type=int, dest="max_failed", help="new maxFailedTrialCount")
+    s.set_defaults(func=cmd_patch)
     s = sub.add_parser("validate", help="check experiment files; exit 1 if any is invalid")
     s.add_argument("files", nargs="+")
     s.set_defaults(func=cmd_validate)
@@ -568,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_server)
     s = sub.add_parser("config", help="list the environment variables natib reads")
     s.set_defaults(func=cmd_config)
+    from natib.cli.replay import register_replay_commands
+
+    register_replay_commands(sub)
     return p
 
 

@@ -101,7 +101,7 @@ def dead_letter(kind: str) -> str:
 
 
 def api(endpoint: str) -> str:
-    """Request/reply endpoint served by the experiment controller (create, delete, ping)."""
+    """Request/reply endpoint served by the experiment controller (create, delete, patch, ping)."""
     return f"natib.api.{endpoint}"
 
 
