@@ -1,7 +1,7 @@
 """A custom metrics collector: follows a JSON-lines metrics file and prints each value as name=value.
 
-It stops when the file has not grown for a few seconds after the trial wrote to it, or when natib
-stops it at the end of the trial.
+It stops once the file has not grown for a few seconds after the trial started writing it, or when
+natib stops it at the end of the trial.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from pathlib import Path
 
 
 def main(path: str, idle_seconds: float = 3.0) -> int:
-    target, offset, last_growth = Path(path), 0, time.monotonic()
-    while time.monotonic() - last_growth < idle_seconds:
+    target, offset, last_growth = Path(path), 0, None
+    # Wait as long as it takes for the trial to start writing; natib stops this process if it never does.
+    while last_growth is None or time.monotonic() - last_growth < idle_seconds:
         if target.exists() and target.stat().st_size > offset:
             with target.open() as fh:
                 fh.seek(offset)
