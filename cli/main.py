@@ -527,7 +527,11 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     """Print every environment variable natib reads, its default and current value."""
     import os
 
-    rows = [[v.name, v.default, os.environ.get(v.name, ""), v.meaning] for v in ENV_VARS]
+    from natib.runtime.auth import AUTH_VARS
+
+    secret = ("NATS_PASSWORD", "NATS_TOKEN")
+    rows = [[v.name, v.default, "***" if v.name in secret and os.environ.get(v.name) else os.environ.get(v.name, ""),
+             v.meaning] for v in (*ENV_VARS, *AUTH_VARS)]
     print(table(rows, ["VARIABLE", "DEFAULT", "CURRENT", "MEANING"]))
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,7 +26,8 @@ from nats.js.api import (
 )
 
 from natib.messages import subjects
-from natib.runtime.errors import PermanentError, RetryableError
+from natib.runtime.auth import connect_options
+from natib.runtime.errors import NatibError, PermanentError, RetryableError
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.bus")
@@ -35,6 +37,10 @@ WRONG_LAST_SEQUENCE = 10071
 
 class WrongLastSequence(RetryableError):
     """A conditional append lost: another writer appended first. Re-read and decide again."""
+
+
+class ConnectError(NatibError):
+    """NATS cannot be reached, or refused natib's credentials."""
 
 
 class NoResponders(RetryableError):
@@ -105,15 +111,34 @@ class Bus:
         async def _reconnected() -> None:
             log.info("nats_reconnected", url=url)
 
+        refused: asyncio.Future[Exception] = asyncio.get_running_loop().create_future()
+
         async def _error(exc: Exception) -> None:
             log.debug("nats_error", error=str(exc))
+            denied = isinstance(exc, nats.errors.AuthorizationError | ssl.SSLError) or (
+                "authorization" in str(exc).lower())
+            if denied and not refused.done():
+                refused.set_result(exc)
 
         nc: Client
-        nc = await nats.connect(
-            url, name=name, connect_timeout=connect_timeout, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25, allow_reconnect=True, disconnected_cb=_disconnected,
-            reconnected_cb=_reconnected, error_cb=_error,
-        )
+        try:
+            # nats-py keeps retrying the first connection too, so bound it here: a wrong address or
+            # refused credentials must fail clearly instead of hanging.
+            connecting = asyncio.ensure_future(nats.connect(
+                url, name=name, connect_timeout=connect_timeout, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25, allow_reconnect=True, disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected, error_cb=_error, **connect_options(),
+            ))
+            done, _pending = await asyncio.wait({connecting, refused}, timeout=connect_timeout * 2,
+                                                return_when=asyncio.FIRST_COMPLETED)
+            if connecting not in done:
+                connecting.cancel()
+                with contextlib.suppress(BaseException):
+                    await connecting
+                raise refused.result() if refused in done else TimeoutError("no answer")
+            nc = connecting.result()
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            raise ConnectError(f"cannot connect to NATS at {url}: {exc!r}") from exc
         return cls(nc, log_max_age=log_max_age)
 
     async def close(self) -> None:

@@ -40,7 +40,9 @@ def _payload(metrics: Mapping[str, object], step: int | None) -> bytes:
 async def _publish(url: str, subject: str, data: bytes, headers: dict[str, str], timeout: float) -> None:
     import nats
 
-    nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=2)
+    from natib.runtime.auth import connect_options
+
+    nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=2, **connect_options())
     try:
         await nc.jetstream(timeout=timeout).publish(subject, data, headers=headers, timeout=timeout)
     finally:
