@@ -13,6 +13,7 @@ from natib.messages.codec import UndecodableMessage
 from natib.messages.commands import StopTrial
 from natib.messages.state import ExperimentState, as_float
 from natib.runtime.bus import RawMessage
+from natib.runtime.errors import PermanentError
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.early_stopping")
@@ -89,8 +90,8 @@ class EarlyStopper:
         """Re-evaluate the trial that reported a value."""
         try:
             env = codec.decode(raw.data)
-        except UndecodableMessage:
-            return
+        except UndecodableMessage as exc:
+            raise PermanentError(f"not a natib event: {exc}") from exc
         if env is None or not isinstance(env.body, ev.MetricReported):
             return
         # The state as of this report, so `natib replay --verify` can reproduce the decision exactly.

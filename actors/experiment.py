@@ -18,14 +18,15 @@ import msgspec
 
 from natib.actors.base import Context, Outgoing, experiment_key, send
 from natib.actors.launcher.template import TemplateError, render_trial_spec
+from natib.messages import codec, subjects
 from natib.messages import events as ev
-from natib.messages import subjects
+from natib.messages.codec import UndecodableMessage
 from natib.messages.commands import LaunchTrial, StopTrial, SuggestTrials
 from natib.messages.spec import Experiment, SpecError, load_experiment
 from natib.messages.state import ExperimentState
 from natib.messages.validation import validate_experiment, validate_update
 from natib.runtime.bus import RawMessage, WrongLastSequence
-from natib.runtime.errors import RetryableError
+from natib.runtime.errors import PermanentError, RetryableError
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.controller")
@@ -240,6 +241,10 @@ class ExperimentController:
     async def on_event(self, raw: RawMessage) -> None:
         """Reconcile the experiment an event belongs to (metrics alone never change a decision)."""
         name = subjects.experiment_of(raw.subject)
+        try:
+            codec.decode(raw.data)
+        except UndecodableMessage as exc:
+            raise PermanentError(f"not a natib event: {exc}") from exc
         if name is None or raw.subject.endswith(".trial-metric"):
             return
         await self.reconcile(name, causation=str(raw.seq))

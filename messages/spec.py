@@ -528,6 +528,8 @@ def load_experiment(
     """
     if isinstance(source, dict):
         return _decode_document(source, None)
+    if not isinstance(source, str | bytes):
+        raise SpecError([FieldError(path="", message=f"expected an Experiment object, got {_json_kind(source)}")])
     docs = [d for d in _parse_documents(source, fmt) if d is not None]
     if len(docs) != 1:
         msg = "no Experiment document found" if not docs else f"expected one document, found {len(docs)}"

@@ -21,6 +21,7 @@ from natib.messages import events as ev
 from natib.messages.spec import Experiment
 from natib.messages.state import MetricLog, observe
 from natib.runtime.bus import RawMessage
+from natib.runtime.errors import PermanentError
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.collector")
@@ -180,12 +181,19 @@ class MetricsCollector:
         if len(parts) != 5:
             return
         experiment, trial = parts[2], parts[3]
+        if parts[4] not in subjects.LOG_SOURCES or (parts[4] != "push" and H_ATTEMPT not in raw.headers):
+            raise PermanentError(f"not trial output natib published: {raw.subject} without {H_ATTEMPT}")
+        try:
+            attempt = int(raw.headers.get(H_ATTEMPT, "1"))
+            chunk = raw.headers.get(H_CHUNK)
+            if chunk is not None:
+                int(chunk)
+        except ValueError as exc:
+            raise PermanentError(f"bad trial output headers on {raw.subject}: {exc}") from exc
         exp = await self.experiment(experiment)
         if exp is None:
             return
         key = ".".join(parts[:4])
-        attempt = int(raw.headers.get(H_ATTEMPT, "1"))
-        chunk = raw.headers.get(H_CHUNK)
         parse = self._trials.get(key)
         if parse is None or parse.attempt != attempt or (chunk is not None and int(chunk) > parse.next_chunk):
             parse = await self._rebuild(exp, raw, attempt)

@@ -85,19 +85,37 @@ async def test_garbage_commands_are_dead_lettered(tmp_path: Path, nats_server: T
     await ready.wait()
     bus = await Bus.connect(nats_server.url)
     try:
-        await bus.publish(subjects.command("launcher", "junk"), b"\x00not json")
-        await bus.publish(subjects.command("suggestion", "junk"), b'{"id": 1}')
+        garbage = {
+            subjects.command("launcher", "junk"): b"\x00not json",
+            subjects.command("suggestion", "junk"): b'{"id": 1}',
+            subjects.controller_event("junk", "experiment.created"): b'{"id": "x", "body": 7}',
+            subjects.trial_event("junk", "junk-1", "trial.metric"): b"\xff\xfe truncated",
+            subjects.trial_log("junk", "junk-1"): b"accuracy=1.0 without natib's headers",
+        }
+        for subject, data in garbage.items():
+            await bus.publish(subject, data)
 
         async def parked() -> list[str]:
             out = []
             async for raw in bus.read(subjects.DEAD_LETTER_STREAM, subjects.DEAD_LETTER_ALL):
                 out.append(raw.headers.get("Natib-Original-Subject", ""))
-            return out if len(out) >= 2 else []
+            return out if len(out) >= len(garbage) + 1 else []
 
-        got = await eventually(parked, timeout=15, interval=0.2)
-        assert sorted(got) == sorted([subjects.command("launcher", "junk"), subjects.command("suggestion", "junk")])
+        got = await eventually(parked, timeout=20, interval=0.2)
+        # The metric event is read by two consumers (controller and early stopping), so it is parked twice.
+        assert sorted(got) == sorted([*garbage, subjects.trial_event("junk", "junk-1", "trial.metric")])
         assert await bus.get_next(subjects.COMMANDS_STREAM, 1, subjects.COMMANDS_ALL) is None, \
             "dead-lettered commands leave the work queue"
+        reply = msgspec.json.decode(await bus.request(
+            subjects.api("create"), msgspec.json.encode({"experiment": experiment("after-garbage", 4)}), timeout=10))
+        assert reply["ok"], reply
+        store = EventStore(bus)
+
+        async def finished() -> bool:
+            return (await store.load("after-garbage", fresh=True)).is_finished()
+
+        await eventually(finished, timeout=30, interval=0.2)
+        assert (await store.load("after-garbage", fresh=True)).counts()["Succeeded"] == 4, "the actors kept running"
     finally:
         stop.set()
         await actors

@@ -229,3 +229,21 @@ def test_output_into_a_closed_pipe_is_quiet(natib_env: dict[str, str]) -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert "experiment.created" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_parameter_values_never_reach_a_shell(tmp_path: Path, natib_env: dict[str, str]) -> None:
+    marker = tmp_path / "pwned"
+    doc = yaml.safe_load(experiment_yaml("inject", "unused", params=[{
+        "name": "x", "parameterType": "categorical",
+        "feasibleSpace": {"list": [f"$(touch {marker})", f"`touch {marker}`; touch {marker}"]}}],
+        algorithm="grid"))
+    container = doc["spec"]["trialTemplate"]["trialSpec"]["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["python", "-c", "import sys; print('score=1'); print('arg=' + repr(sys.argv[1]))",
+                            "${trialParameters.x}"]
+    container.pop("args")
+    run = run_cli(natib_env, "run", str(write(tmp_path, "inject", yaml.safe_dump(doc))))
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert not marker.exists(), "a parameter value was run by a shell"
+    for trial in json.loads(run_cli(natib_env, "get", "trials", "-e", "inject", "-o", "json").stdout)["items"]:
+        logs = run_cli(natib_env, "logs", trial["metadata"]["name"]).stdout
+        assert f"touch {marker}" in logs, logs
