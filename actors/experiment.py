@@ -8,6 +8,7 @@ delete and ping requests of the CLI.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import secrets
 import uuid
@@ -205,11 +206,23 @@ class ExperimentController:
 
     kind = KIND
 
+    #: Seconds between two writes of one experiment's KV view while it runs (its end is written at once).
+    VIEW_INTERVAL = 1.0
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._view_written: dict[str, float] = {}
+        self._view_due: dict[str, asyncio.TimerHandle] = {}
+        self._view_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Serve requests, resync every live experiment, then reconcile on each new event until stopped."""
+        try:
+            await self._run()
+        finally:
+            await self.flush_views()
+
+    async def _run(self) -> None:
         bus = self.ctx.bus
         await bus.serve(subjects.api("create"), self.api_create, queue=KIND)
         await bus.serve(subjects.api("delete"), self.api_delete, queue=KIND)
@@ -278,7 +291,42 @@ class ExperimentController:
             if not d.events:
                 break
         if changed or causation is None:
+            await self.update_view(state)
+
+    async def update_view(self, state: ExperimentState) -> None:
+        """Write the view now if it is due (or the experiment ended), else once the interval has passed.
+
+        The view of a large experiment is big, so it is not rewritten after every one of its events.
+        """
+        loop = asyncio.get_running_loop()
+        name = state.name
+        if state.is_finished() or loop.time() - self._view_written.get(name, -1e9) >= self.VIEW_INTERVAL:
             await self.write_view(state)
+            self._view_written[name] = loop.time()
+            return
+        if name not in self._view_due:
+            self._view_due[name] = loop.call_later(self.VIEW_INTERVAL, self._spawn_view_flush, name)
+
+    def _spawn_view_flush(self, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._flush_view(name))
+        self._view_tasks.add(task)
+        task.add_done_callback(self._view_tasks.discard)
+
+    async def _flush_view(self, name: str) -> None:
+        self._view_due.pop(name, None)
+        state = await self.ctx.store.load(name)
+        await self.write_view(state)
+        self._view_written[name] = asyncio.get_running_loop().time()
+
+    async def flush_views(self) -> None:
+        """Write every view that is waiting for its interval (on shutdown)."""
+        for name, handle in list(self._view_due.items()):
+            handle.cancel()
+            with contextlib.suppress(Exception):
+                await self._flush_view(name)
+        for task in list(self._view_tasks):
+            with contextlib.suppress(Exception):
+                await task
 
     async def write_view(self, state: ExperimentState) -> None:
         """Store the experiment's Katib-shaped status in KV for fast `natib get experiments`."""

@@ -195,6 +195,12 @@ class ExperimentState:
     pending_assignments: list[tuple[int, dict[str, str], dict[str, str]]] = field(default_factory=list)
     next_trial_index: int = 0
     events_applied: int = 0
+    # Running totals, so deciding after each event does not rescan every trial and request.
+    phase_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(BUCKETS, 0))
+    goal_hit: bool = False
+    unanswered: set[int] = field(default_factory=set)
+    exhausted_flag: bool = False
+    failure: str | None = None
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -261,6 +267,7 @@ class ExperimentState:
     def _requested(self, e: ev.SuggestionRequested, when: datetime) -> None:
         self.requests[e.request] = RequestState(e.request, e.count, seq=self.last_seq,
                                                 completed_when_requested=self.completed_count())
+        self.unanswered.add(e.request)
 
     def _suggested(self, e: ev.TrialsSuggested, when: datetime) -> None:
         req = self.requests.setdefault(e.request, RequestState(e.request, len(e.assignments)))
@@ -268,6 +275,8 @@ class ExperimentState:
             return
         req.answered, req.exhausted = True, e.exhausted
         req.returned = len(e.assignments)
+        self.unanswered.discard(e.request)
+        self.exhausted_flag = self.exhausted_flag or e.exhausted
         for i, assignment in enumerate(e.assignments):
             labels = e.labels[i] if i < len(e.labels) else {}
             self.pending_assignments.append((e.request, dict(assignment), dict(labels)))
@@ -275,6 +284,8 @@ class ExperimentState:
     def _suggestion_failed(self, e: ev.SuggestionFailed, when: datetime) -> None:
         req = self.requests.setdefault(e.request, RequestState(e.request, 0))
         req.answered, req.failed = True, e.message
+        self.unanswered.discard(e.request)
+        self.failure = self.failure or e.message
 
     def _trial_created(self, e: ev.TrialCreated, when: datetime) -> None:
         if e.trial in self.trials:
@@ -286,6 +297,7 @@ class ExperimentState:
         t = TrialState(e.trial, e.index, e.request, dict(e.assignment), dict(e.run_spec), dict(e.labels), when)
         set_condition(t.conditions, "Created", "True", "TrialCreated", "Trial is created", when)
         self.trials[e.trial] = t
+        self.phase_counts["Pending"] += 1
         self.next_trial_index = max(self.next_trial_index, e.index + 1)
 
     def _trial_started(self, e: ev.TrialStarted, when: datetime) -> None:
@@ -294,7 +306,8 @@ class ExperimentState:
             return
         if e.attempt > t.attempt:
             t.metric_logs = []
-        t.attempt, t.phase = e.attempt, "Running"
+        self._set_phase(t, "Running")
+        t.attempt = e.attempt
         t.started = t.started or when
         set_condition(t.conditions, "Running", "True", "TrialRunning", "Trial is running", when)
 
@@ -310,15 +323,32 @@ class ExperimentState:
         if t is None or t.is_completed:
             return
         phase = _TERMINAL[type(e)]
-        t.phase, t.completed = phase, when
+        self._set_phase(t, phase)
+        t.completed = when
         t.final_observation = list(e.observation) or observe(  # type: ignore[attr-defined]
             t.metric_logs, self.metric_names()
         )
+        if phase in ("Succeeded", "EarlyStopped") and not self.goal_hit:
+            self.goal_hit = self._meets_goal(t)
         t.message = e.message  # type: ignore[attr-defined]
         t.exit_code = getattr(e, "exit_code", None)
         set_condition(t.conditions, "Running", "False", "TrialRunning", "Trial is running", when)
         reason = getattr(e, "reason", None) if isinstance(e, ev.TrialFailed) else None
         set_condition(t.conditions, phase, "True", reason or f"Trial{phase}", t.message, when)
+
+    def _set_phase(self, t: TrialState, phase: str) -> None:
+        self.phase_counts[t.phase] -= 1
+        self.phase_counts[phase] += 1
+        t.phase = phase
+
+    def _meets_goal(self, t: TrialState) -> bool:
+        assert self.experiment is not None
+        goal = self.experiment.spec.objective.goal
+        raw = self.objective_of(t) if goal is not None else None
+        value = as_float(raw) if raw is not None else None
+        if goal is None or value is None:
+            return False
+        return value >= float(goal) if self.experiment.spec.objective.type == "maximize" else value <= float(goal)
 
     # -- derived views -------------------------------------------------------------------------
 
@@ -328,29 +358,23 @@ class ExperimentState:
 
     def counts(self) -> dict[str, int]:
         """Number of trials in each Katib bucket."""
-        out = dict.fromkeys(BUCKETS, 0)
-        for t in self.trials.values():
-            out[t.phase] += 1
-        return out
+        return dict(self.phase_counts)
 
     def active(self) -> int:
         """Pending plus running trials."""
-        return sum(1 for t in self.trials.values() if t.is_active)
+        return self.phase_counts["Pending"] + self.phase_counts["Running"]
 
     def completed_count(self) -> int:
         """Trials in a terminal state (succeeded, failed, killed, early stopped, metrics unavailable)."""
-        return sum(1 for t in self.trials.values() if t.is_completed)
+        return len(self.trials) - self.active()
 
     def failed_count(self) -> int:
         """Failed plus MetricsUnavailable, as Katib counts against maxFailedTrialCount."""
-        return sum(1 for t in self.trials.values() if t.phase in ("Failed", "MetricsUnavailable"))
+        return self.phase_counts["Failed"] + self.phase_counts["MetricsUnavailable"]
 
     def outstanding_request(self) -> RequestState | None:
         """A suggestion request still waiting for its answer."""
-        for r in self.requests.values():
-            if not r.answered:
-                return r
-        return None
+        return self.requests[min(self.unanswered)] if self.unanswered else None
 
     def waiting_for_results(self) -> bool:
         """The last answer was short but not final: ask again only once a trial completed after the request.
@@ -366,14 +390,11 @@ class ExperimentState:
 
     def exhausted(self) -> bool:
         """The algorithm said it has nothing more to suggest."""
-        return any(r.exhausted for r in self.requests.values())
+        return self.exhausted_flag
 
     def suggestion_failure(self) -> str | None:
         """The message of a failed suggestion request, if any."""
-        for r in self.requests.values():
-            if r.failed:
-                return r.failed
-        return None
+        return self.failure
 
     def objective_of(self, t: TrialState) -> str | None:
         """A trial's objective value under the objective metric's strategy."""
@@ -404,18 +425,8 @@ class ExperimentState:
         return best
 
     def goal_reached(self) -> bool:
-        """The best value reached the objective goal."""
-        if self.experiment is None or self.experiment.spec.objective.goal is None:
-            return False
-        best = self.best_trial()
-        if best is None or best.phase not in ("Succeeded", "EarlyStopped"):
-            return False
-        raw = self.objective_of(best)
-        value = as_float(raw) if raw is not None else None
-        if value is None:
-            return False
-        goal = float(self.experiment.spec.objective.goal)
-        return value >= goal if self.experiment.spec.objective.type == "maximize" else value <= goal
+        """A succeeded or early-stopped trial reached the objective goal."""
+        return self.goal_hit
 
     def algorithm_history(self) -> list[AlgorithmTrial]:
         """Every trial as an algorithm sees it, in creation order (pending and running included)."""
