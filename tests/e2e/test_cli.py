@@ -247,3 +247,24 @@ def test_parameter_values_never_reach_a_shell(tmp_path: Path, natib_env: dict[st
     for trial in json.loads(run_cli(natib_env, "get", "trials", "-e", "inject", "-o", "json").stdout)["items"]:
         logs = run_cli(natib_env, "logs", trial["metadata"]["name"]).stdout
         assert f"touch {marker}" in logs, logs
+
+
+def test_readme_subscriber_prints_every_result(natib_env: dict[str, str]) -> None:
+    import subprocess
+    import time
+
+    script = REPO / "examples" / "subscriber.py"
+    assert run_cli(natib_env, "get", "experiments").returncode == 0  # natib's streams exist from here on
+    sub = subprocess.Popen([str(Path(NATIB).parent / "python"), str(script), "shell-sh"], env=natib_env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run_cli(natib_env, "run", "examples/shell.yaml", "-q").returncode == 0
+        lines: list[str] = []
+        deadline = time.monotonic() + 30
+        while len(lines) < 12 and time.monotonic() < deadline:
+            lines.append(sub.stdout.readline())  # type: ignore[union-attr]
+    finally:
+        sub.kill()
+        sub.wait(5)
+    assert len(lines) == 12 and all(" TrialSucceeded {'score': " in line for line in lines), (
+        lines, sub.stderr.read() if sub.stderr else "")
