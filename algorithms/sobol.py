@@ -15,7 +15,8 @@ from natib.algorithms.base import (
     rng_for,
     unknown_setting_errors,
 )
-from natib.algorithms.sampling import finite_values, from_unit, iter_points, space_errors, space_size
+from natib.algorithms.random import UsedPoints, count_on_grid
+from natib.algorithms.sampling import from_unit, iter_points, space_errors, space_size
 from natib.algorithms.space import (
     Assignment,
     ObjectiveType,
@@ -83,10 +84,10 @@ class SobolSearch:
         """The next ``n`` unused sequence points; ``exhausted`` once a finite space has no unused point left."""
         seed = effective_seed(settings, seed)
         params = space.parameters
-        used = {assignment_key(space, t.assignment) for t in history}
+        used = UsedPoints(space, history)
         total = space_size(space)
         listable = total is not None and total <= ENUMERATION_LIMIT
-        remaining = total - _count_on_grid(space, used) if listable and total is not None else None
+        remaining = total - count_on_grid(space, used.all()) if listable and total is not None else None
 
         out: list[Assignment] = []
         k = len(history)
@@ -114,7 +115,8 @@ class SobolSearch:
             # one with min == max. Listing the rest beats stalling; a repeat is the last resort.
             rng = rng_for(seed, history)
             if listable:
-                free = [pt for pt in iter_points(space) if pt not in used]
+                taken = used.all()
+                free = [pt for pt in iter_points(space) if pt not in taken]
                 take = rng.permutation(len(free))[: n - len(out)]
                 out.extend(dict(zip(space.names(), free[int(i)], strict=True)) for i in take)
                 remaining = len(free) - len(take)
@@ -122,9 +124,3 @@ class SobolSearch:
                 while len(out) < n:
                     out.append({p.name: from_unit(p, float(rng.random())) for p in params})
         return SuggestResult(assignments=out, exhausted=remaining == 0)
-
-
-def _count_on_grid(space: SearchSpace, keys: set[tuple[str, ...]]) -> int:
-    """How many of ``keys`` are points of the finite space (history may hold points from outside it)."""
-    allowed = [set(finite_values(p) or ()) for p in space.parameters]
-    return sum(1 for key in keys if all(v in ok for v, ok in zip(key, allowed, strict=True)))

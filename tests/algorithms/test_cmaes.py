@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from natib.algorithms.cmaes import CMAES, _replay
+from natib.algorithms.cmaes import CMAES, STATE_LABEL, _replay
 from natib.algorithms.gp import UnitEncoder
 from natib.algorithms.random import RandomSearch
 from natib.algorithms.space import Assignment, Parameter, SearchSpace, Trial
@@ -131,14 +131,19 @@ def test_failed_members_count_as_the_worst_result() -> None:
     failed = [*history[:2], Trial("t2", history[2].assignment, "failed"), *history[3:]]
     as_worst = [*history[:2], Trial("t2", history[2].assignment, "succeeded", worst), *history[3:]]
     alg = CMAES()
-    assert alg.suggest(PLANE, failed, 4, {}, 0, "minimize") == alg.suggest(PLANE, as_worst, 4, {}, 0, "minimize")
+    # The points agree; the labels do not, as each describes its own history.
+    assert (
+        alg.suggest(PLANE, failed, 4, {}, 0, "minimize").assignments
+        == alg.suggest(PLANE, as_worst, 4, {}, 0, "minimize").assignments
+    )
 
 
 def test_maximize_is_the_mirror_of_minimize() -> None:
     history = _grow(PLANE, sphere, 12)
     mirrored = [Trial(t.name, t.assignment, t.status, -(t.objective or 0.0)) for t in history]
-    assert CMAES().suggest(PLANE, history, 3, {}, 0, "minimize") == CMAES().suggest(
-        PLANE, mirrored, 3, {}, 0, "maximize"
+    assert (
+        CMAES().suggest(PLANE, history, 3, {}, 0, "minimize").assignments
+        == CMAES().suggest(PLANE, mirrored, 3, {}, 0, "maximize").assignments
     )
 
 
@@ -190,3 +195,90 @@ def test_history_from_another_algorithm_is_told_where_it_is() -> None:
     # Told the random points, the mean moves towards the best of them rather than staying at the centre.
     best = enc.encode(min(points, key=sphere))
     assert best is not None and np.linalg.norm(mean - best) < np.linalg.norm(np.full(2, 0.5) - best)
+
+
+# --- the optimiser carried in labels --------------------------------------------------------------------------
+
+
+def _grow_labelled(
+    space: SearchSpace, f, size: int, batch: int, settings: dict[str, str], fail_every: int = 0
+) -> list[Trial]:  # type: ignore[no-untyped-def]
+    history: list[Trial] = []
+    while len(history) < size:
+        result = CMAES().suggest(space, history, min(batch, size - len(history)), settings, 0, "minimize")
+        assert len(result.labels) == len(result.assignments)
+        for a, labels in zip(result.assignments, result.labels, strict=True):
+            k = len(history)
+            failed = fail_every and k % fail_every == 2
+            history.append(Trial(f"t{k}", a, "failed" if failed else "succeeded", None if failed else f(a), labels))
+    return history
+
+
+def _strip(history: list[Trial]) -> list[Trial]:
+    return [Trial(t.name, t.assignment, t.status, t.objective) for t in history]
+
+
+@pytest.mark.parametrize(("strategy", "batch"), [("none", 1), ("ipop", 5), ("bipop", 3)])
+def test_labels_change_nothing(strategy: str, batch: int) -> None:
+    # A flat objective forces restarts, so the carried state covers new runs and populations as well.
+    settings = {"restart_strategy": strategy}
+    labelled = _grow_labelled(PLANE, lambda a: 1.0, 240, batch, settings, fail_every=7)
+    assert [t.assignment for t in labelled] == [t.assignment for t in _grow_failing(settings, batch)]
+    assert sum(1 for t in labelled if STATE_LABEL in t.labels) > 0
+    enc = UnitEncoder(PLANE.parameters)
+    a = _replay(enc, PLANE, labelled, 0, 1 / 6, strategy, "minimize")
+    b = _replay(enc, PLANE, labelled, 0, 1 / 6, strategy, "minimize", use_labels=False)
+    assert a.start == b.start and a.restarts == b.restarts and a.popsize == b.popsize
+    assert (a.restarts > 0) == (strategy != "none")
+    assert all(np.array_equal(x, y) for x, y in zip(a.asked, b.asked, strict=True))
+    for name, value in vars(b.run.cma).items():
+        other = vars(a.run.cma)[name]
+        if name == "_rng":
+            assert all(np.array_equal(u, v) for u, v in zip(value.get_state(), other.get_state(), strict=True))
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(value, other, equal_nan=True), name
+        else:
+            assert value == other, name
+    assert CMAES().suggest(PLANE, labelled, 4, settings, 0, "minimize") == CMAES().suggest(
+        PLANE, _strip(labelled), 4, settings, 0, "minimize"
+    )
+
+
+def _grow_failing(settings: dict[str, str], batch: int) -> list[Trial]:
+    """The same run as ``_grow_labelled`` with failures, but with every label dropped."""
+    history: list[Trial] = []
+    while len(history) < 240:
+        result = CMAES().suggest(PLANE, history, min(batch, 240 - len(history)), settings, 0, "minimize")
+        for a in result.assignments:
+            k = len(history)
+            history.append(Trial(f"t{k}", a, "failed", None) if k % 7 == 2 else Trial(f"t{k}", a, "succeeded", 1.0))
+    return history
+
+
+def test_labels_that_do_not_fit_the_history_are_ignored() -> None:
+    history = _grow_labelled(CUBE, sphere, 40, 4, {})
+    expected = CMAES().suggest(CUBE, _strip(history), 3, {}, 0, "minimize").assignments
+    # An earlier result changed after the label was written: the label no longer describes this history.
+    changed = [Trial(t.name, t.assignment, t.status, 7.0) if i == 3 else t for i, t in enumerate(history)]
+    assert CMAES().suggest(CUBE, changed, 3, {}, 0, "minimize").assignments == CMAES().suggest(
+        CUBE, _strip(changed), 3, {}, 0, "minimize"
+    ).assignments
+    last = history[-1] if STATE_LABEL in history[-1].labels else next(t for t in reversed(history) if t.labels)
+    for text in ("not json", "{}", last.labels[STATE_LABEL].replace('"v":1', '"v":99')):
+        broken = [Trial(t.name, t.assignment, t.status, t.objective, {STATE_LABEL: text}) for t in history]
+        assert CMAES().suggest(CUBE, broken, 3, {}, 0, "minimize").assignments == expected
+    # Another seed or sigma means another optimiser: the label is not used.
+    assert CMAES().suggest(CUBE, history, 3, {"sigma": "0.3"}, 0, "minimize") == CMAES().suggest(
+        CUBE, _strip(history), 3, {"sigma": "0.3"}, 0, "minimize"
+    )
+
+
+def test_history_written_differently_is_told_the_same() -> None:
+    history = _grow(PLANE, sphere, 30)
+    respelled = [
+        Trial(t.name, {k: v + "0" if "e" not in v else v for k, v in t.assignment.items()}, t.status, t.objective)
+        for t in history
+    ]
+    assert CMAES().suggest(PLANE, respelled, 4, {}, 0, "minimize").assignments == (
+        CMAES().suggest(PLANE, history, 4, {}, 0, "minimize").assignments
+    )

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from natib.algorithms.gp import BayesianOptimization, UnitEncoder
+from natib.algorithms.gp import BayesianOptimization, UnitEncoder, _neg_log_likelihood, _tune
 from natib.algorithms.random import RandomSearch
 from natib.algorithms.space import Assignment, Parameter, SearchSpace, Trial
 
@@ -206,3 +206,30 @@ def test_repeated_and_foreign_points_in_history() -> None:
     ]
     out = BayesianOptimization().suggest(PLANE, history, 3, {"n_initial_points": "0"}, 0, "minimize").assignments
     assert len(out) == 3
+
+
+def test_likelihood_and_gradient_match_scikit_learn() -> None:
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 4))
+    y = np.sin(3 * x[:, 0]) + x[:, 1] ** 2 + 0.01 * rng.normal(size=40)
+    y = (y - y.mean()) / y.std()
+    amp, scales, noise = 1.3, np.array([0.3, 0.7, 2.0, 0.5]), 1e-2
+    kernel = ConstantKernel(amp) * Matern(scales, nu=2.5) + WhiteKernel(noise)
+    reference = GaussianProcessRegressor(kernel, optimizer=None).fit(x, y)
+    value, grad = reference.log_marginal_likelihood(reference.kernel_.theta, eval_gradient=True)
+    mine, my_grad = _neg_log_likelihood(np.log(np.array([amp, *scales, noise])), x, y)
+    assert math.isclose(-value, mine, rel_tol=1e-9)
+    assert np.allclose(-grad, my_grad, rtol=1e-7, atol=1e-9)
+
+
+def test_tuning_finds_the_relevant_dimension() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.random((60, 3))
+    y = np.sin(6 * x[:, 0])
+    amp, scales, noise = _tune(x, (y - y.mean()) / y.std(), 0)
+    # Only the first dimension matters: its length scale is short, the others run to the upper bound.
+    assert scales[0] < 1.0 and min(scales[1:]) > 5.0
+    assert noise < 1e-2 and amp > 0

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from natib.algorithms.random import RandomSearch
+from natib.algorithms.random import RandomSearch, UsedPoints
 from natib.algorithms.sampling import finite_size, finite_values, from_unit, sample_value, space_size
 from natib.algorithms.space import Parameter, SearchSpace, Trial, assignment_key
 
@@ -237,3 +237,43 @@ def test_int_step_must_be_whole() -> None:
     assert RandomSearch().validate(space, {}, None) == [
         "Param n: step must be a whole number for parameterType int"
     ]
+
+
+def test_used_points_answer_as_the_full_key_set() -> None:
+    # The continuous column is looked up first; the answer must match the set of every key.
+    space = SearchSpace(
+        (
+            Parameter("x", "double", 0.0, 1.0),
+            Parameter("n", "int", 1, 3),
+            Parameter("c", "categorical", values=("a", "b")),
+        )
+    )
+    history = [
+        Trial("t0", {"x": "0.5", "n": "2", "c": "a"}, "succeeded", 1.0),
+        Trial("t1", {"x": "0.25", "n": "2.0", "c": "b"}, "failed"),
+        Trial("t2", {"n": "1", "c": "a"}, "succeeded", 1.0),
+        Trial("t3", {"x": "oops", "n": "1", "c": "a"}, "succeeded", 1.0),
+    ]
+    used = UsedPoints(space, history)
+    full = {assignment_key(space, t.assignment) for t in history}
+    probes = [
+        {"x": x, "n": n, "c": c}
+        for x in ("0.5", "0.25", "0.75", "oops", "")
+        for n in ("1", "2", "3")
+        for c in ("a", "b")
+    ]
+    for a in probes:
+        key = assignment_key(space, a)
+        assert (key in used) == (key in full), a
+    used.add(assignment_key(space, {"x": "0.75", "n": "3", "c": "b"}))
+    assert ("0.75", "3", "b") in used and ("0.75", "3", "b") in used.all()
+
+
+def test_a_continuous_point_already_in_history_is_not_suggested_again() -> None:
+    # A history that already holds the next draw (a trial was deleted, then the same count came round again).
+    first = RandomSearch().suggest(CONT, [], 3, {}, 0, "minimize").assignments
+    history = [Trial(f"t{i}", a, "succeeded", 1.0) for i, a in enumerate(first)]
+    nxt = RandomSearch().suggest(CONT, history, 1, {}, 0, "minimize").assignments[0]
+    replaced = [*history[:2], Trial("again", nxt, "succeeded", 1.0)]
+    again = RandomSearch().suggest(CONT, replaced, 1, {}, 0, "minimize").assignments[0]
+    assert again != nxt

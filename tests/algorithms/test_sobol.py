@@ -104,3 +104,14 @@ def test_stepped_and_list_values_are_valid() -> None:
 def test_bad_random_state_raises() -> None:
     with pytest.raises(ValueError, match="great or equal"):
         SobolSearch().suggest(SQUARE, [], 1, {"random_state": "-2"}, 0, "minimize")
+
+
+def test_a_continuous_point_already_in_history_is_skipped() -> None:
+    # A history that already holds the next sequence point (a trial was deleted, then the count came round).
+    alg = SobolSearch()
+    history = _trials(alg.suggest(SQUARE, [], 4, {}, 0, "minimize").assignments)
+    nxt = alg.suggest(SQUARE, history, 1, {}, 0, "minimize").assignments
+    replaced = [*history[:3], *_trials(nxt)]
+    assert alg.suggest(SQUARE, replaced, 1, {}, 0, "minimize").assignments == (
+        alg.suggest(SQUARE, [*history, *_trials(nxt)], 1, {}, 0, "minimize").assignments
+    )
