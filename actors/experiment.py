@@ -208,12 +208,15 @@ class ExperimentController:
 
     #: Seconds between two writes of one experiment's KV view while it runs (its end is written at once).
     VIEW_INTERVAL = 1.0
+    #: Events between two snapshots of an experiment's fold.
+    SNAPSHOT_EVERY = 5000
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._view_written: dict[str, float] = {}
         self._view_due: dict[str, asyncio.TimerHandle] = {}
         self._view_tasks: set[asyncio.Task[None]] = set()
+        self._snapshot_at: dict[str, int] = {}
 
     async def run(self) -> None:
         """Serve requests, resync every live experiment, then reconcile on each new event until stopped."""
@@ -292,6 +295,15 @@ class ExperimentController:
                 break
         if changed or causation is None:
             await self.update_view(state)
+        await self.maybe_snapshot(state)
+
+    async def maybe_snapshot(self, state: ExperimentState) -> None:
+        """Save the fold every SNAPSHOT_EVERY events, so a restart does not re-read a long log from the start."""
+        done = self._snapshot_at.get(state.name, 0)
+        if state.experiment is not None and not state.deleted and state.events_applied - done >= self.SNAPSHOT_EVERY:
+            self._snapshot_at[state.name] = state.events_applied
+            await self.ctx.store.save_snapshot(state)
+            log.info("snapshot_saved", experiment=state.name, seq=state.last_seq, events=state.events_applied)
 
     async def update_view(self, state: ExperimentState) -> None:
         """Write the view now if it is due (or the experiment ended), else once the interval has passed.
@@ -376,6 +388,7 @@ class ExperimentController:
         await bus.purge(subjects.EVENTS_STREAM, subjects.experiment_events(name))
         await bus.purge(subjects.LOGS_STREAM, subjects.experiment_logs(name))
         await bus.kv_delete(subjects.state_key(name))
+        await bus.object_delete(subjects.snapshot_name(name))
         self.ctx.store.forget(name)
         log.info("experiment_deleted", experiment=name)
         return _reply(True, name=name)

@@ -9,6 +9,7 @@ COMMANDS_STREAM = "NATIB_CMD"
 LOGS_STREAM = "NATIB_LOGS"
 DEAD_LETTER_STREAM = "NATIB_DLQ"
 STATE_BUCKET = "natib-state"
+SNAPSHOT_BUCKET = "natib-snapshots"
 
 EVENTS_ALL = "natib.evt.>"
 COMMANDS_ALL = "natib.cmd.>"
@@ -123,3 +124,8 @@ def state_key(experiment: str) -> str:
 
 def _type_token(event_type: str) -> str:
     return event_type.replace(".", "-")
+
+
+def snapshot_name(experiment: str) -> str:
+    """Object name of an experiment's folded-state snapshot."""
+    return f"experiment.{check_token(experiment, 'experiment')}"

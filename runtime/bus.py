@@ -427,6 +427,35 @@ class Bus:
         with contextlib.suppress(nats.js.errors.KeyNotFoundError):
             await kv.purge(key)
 
+    async def _objects(self):  # type: ignore[no-untyped-def]
+        if getattr(self, "_obj", None) is None:
+            try:
+                self._obj = await self.js.object_store(subjects.SNAPSHOT_BUCKET)
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                self._obj = await self.js.create_object_store(subjects.SNAPSHOT_BUCKET)
+        return self._obj
+
+    async def object_put(self, name: str, data: bytes) -> None:
+        """Store a large blob (a snapshot), replacing any previous one of that name."""
+        store = await self._objects()
+        await store.put(name, data)
+
+    async def object_get(self, name: str) -> bytes | None:
+        """A stored blob, None when absent."""
+        store = await self._objects()
+        try:
+            result = await store.get(name)
+        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError, nats.js.errors.ObjectDeletedError):
+            return None
+        return bytes(result.data or b"")
+
+    async def object_delete(self, name: str) -> None:
+        """Remove a stored blob (no error when absent)."""
+        store = await self._objects()
+        with contextlib.suppress(nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError,
+                                 nats.js.errors.ObjectDeletedError):
+            await store.delete(name)
+
     async def purge(self, stream: str, subject: str) -> None:
         """Delete every message of ``subject`` from a stream."""
         with contextlib.suppress(nats.js.errors.NotFoundError):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import msgspec
+
 from natib.messages import codec, subjects
 from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
@@ -12,6 +14,8 @@ from natib.runtime.bus import Bus, RawMessage
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.store")
+
+_snapshot_decoder = msgspec.msgpack.Decoder(ExperimentState)
 
 
 def apply_raw(state: ExperimentState, raw: RawMessage) -> None:
@@ -46,7 +50,7 @@ class EventStore:
             return await self._fold_new(experiment, until_seq)
         state = None if fresh else self._cache.get(experiment)
         if state is None:
-            state = ExperimentState(experiment)
+            state = await self.snapshot(experiment) or ExperimentState(experiment)
         elif await self._catch_up_directly(experiment, state):
             self._remember(experiment, state)
             return state
@@ -81,6 +85,26 @@ class EventStore:
         while len(self._history) > self._cache_size:
             self._history.pop(next(iter(self._history)))
         return state
+
+    async def snapshot(self, experiment: str) -> ExperimentState | None:
+        """The last saved fold of an experiment, if it still matches the log (a deleted-and-recreated
+        experiment, or a log that was purged, makes it useless)."""
+        data = await self.bus.object_get(subjects.snapshot_name(experiment))
+        if not data:
+            return None
+        try:
+            state = _snapshot_decoder.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("snapshot_unreadable", experiment=experiment, error=str(exc))
+            return None
+        first = await self.bus.get_next(subjects.EVENTS_STREAM, 1, subjects.controller_events(experiment))
+        if first is None or state.last_seq < first.seq or not state.uid or first.data.find(state.uid.encode()) < 0:
+            return None
+        return state
+
+    async def save_snapshot(self, state: ExperimentState) -> None:
+        """Save the fold so a restart reads only the events after it."""
+        await self.bus.object_put(subjects.snapshot_name(state.name), msgspec.msgpack.encode(state))
 
     def cached_seq(self, experiment: str) -> int:
         """The last sequence folded into the cached state of an experiment (0 when not cached)."""
