@@ -129,6 +129,8 @@ class LocalLauncher:
             if recorded is not None and finished:
                 pid, attempt = recorded[0], recorded[2]
                 log.info("trial_reattached", experiment=experiment, trial=cmd.trial, pid=pid)
+                # The start may never have been announced if the last launcher died right after spawning.
+                await self._announce_start(experiment, cmd.trial, attempt, pid, td)
             else:
                 attempt = (recorded[2] + 1) if recorded else 1
                 started = await self._start(experiment, cmd, td, attempt)
@@ -182,7 +184,8 @@ class LocalLauncher:
             env["NATIB_CHECKPOINT_DIR"] = str(own)
         try:
             proc = await asyncio.create_subprocess_exec(
-                "/bin/sh", "-c", WRAPPER, "natib-trial", str(td.output), str(td.exit_code_file), *argv,
+                "/bin/sh", "-c", WRAPPER, "natib-trial", str(td.output), str(td.exit_code_file), str(td.pid_file),
+                *argv,
                 cwd=str(cwd), env=env, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
             )
@@ -194,15 +197,20 @@ class LocalLauncher:
         ticks = process_start_ticks(proc.pid) or 0
         (td.pid_file.with_suffix(".tmp")).write_text(f"{proc.pid} {ticks} {attempt}")
         os.replace(td.pid_file.with_suffix(".tmp"), td.pid_file)
-        await self.ctx.store.append_fact(
-            experiment, subjects.trial_event(experiment, cmd.trial, "trial.started"),
-            ev.TrialStarted(trial=cmd.trial, attempt=attempt, pid=proc.pid, host=socket.gethostname(),
-                            workdir=str(cwd)),
-            msg_id=f"{cmd.trial}:started:{attempt}",
-        )
+        await self._announce_start(experiment, cmd.trial, attempt, proc.pid, td, cwd)
         log.info("trial_started", experiment=experiment, trial=cmd.trial, pid=proc.pid, attempt=attempt,
                  argv0=local.argv[0])
         return proc
+
+    async def _announce_start(self, experiment: str, trial: str, attempt: int, pid: int, td: TrialDir,
+                              cwd: Path | None = None) -> None:
+        """Publish TrialStarted (deduplicated by trial and attempt, so announcing twice is harmless)."""
+        await self.ctx.store.append_fact(
+            experiment, subjects.trial_event(experiment, trial, "trial.started"),
+            ev.TrialStarted(trial=trial, attempt=attempt, pid=pid, host=socket.gethostname(),
+                            workdir=str(cwd) if cwd else None),
+            msg_id=f"{trial}:started:{attempt}",
+        )
 
     def _checkpoints(self, experiment: str, cmd: LaunchTrial) -> Path:
         """The trial's own checkpoint directory, starting as a copy of its parent's (population based training)."""
@@ -239,7 +247,8 @@ class LocalLauncher:
             cenv = dict(zip(cenv, rewrite(list(cenv.values()), mounted, local_dir), strict=True))
         log_path = td.path / "custom.log"
         proc = await asyncio.create_subprocess_exec(
-            "/bin/sh", "-c", WRAPPER, "natib-collector", str(log_path), str(td.path / "custom.exit"), *argv,
+            "/bin/sh", "-c", WRAPPER, "natib-collector", str(log_path), str(td.path / "custom.exit"),
+            str(td.path / "custom.wrapper.pid"), *argv,
             cwd=str(cwd), env=cenv, start_new_session=True, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )

@@ -14,8 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# The wrapper keeps the trial's output and exit status on disk whatever happens to natib.
-WRAPPER = 'out="$1"; ex="$2"; shift 2; "$@" >>"$out" 2>&1; rc=$?; echo "$rc" >"$ex.tmp"; mv "$ex.tmp" "$ex"; exit "$rc"'
+# The wrapper records its own pid before anything runs (so a launcher that dies right after spawning
+# still finds the trial), and keeps the trial's output and exit status on disk whatever happens to natib.
+WRAPPER = (
+    'out="$1"; ex="$2"; pf="$3"; shift 3; echo "$$ 0 ${NATIB_ATTEMPT:-1}" >"$pf.tmp" && mv "$pf.tmp" "$pf"; '
+    '"$@" >>"$out" 2>&1; rc=$?; echo "$rc" >"$ex.tmp"; mv "$ex.tmp" "$ex"; exit "$rc"'
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,12 @@ class TrialDir:
     def read_pid(self) -> tuple[int, int, int] | None:
         """(pid, start ticks, attempt) of the last process started, or None."""
         try:
-            pid, ticks, attempt = self.pid_file.read_text().split()
-            return int(pid), int(ticks), int(attempt)
+            pid, ticks, attempt = (int(x) for x in self.pid_file.read_text().split())
         except (OSError, ValueError):
             return None
+        if ticks == 0:  # written by the wrapper itself: read the start time from the process
+            ticks = process_start_ticks(pid) or 0
+        return pid, ticks, attempt
 
     def exit_code(self) -> int | None:
         """The command's exit status, once it is known."""

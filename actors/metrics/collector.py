@@ -199,7 +199,13 @@ class MetricsCollector:
             parse = await self._rebuild(exp, raw, attempt)
         if parse.done or (chunk is not None and int(chunk) < parse.next_chunk):
             return
-        await self._process(experiment, trial, parse, raw, emit=True)
+        try:
+            await self._process(experiment, trial, parse, raw, emit=True)
+        except BaseException:
+            # The chunk counts as handled in memory but some of its events may not be stored: forget
+            # the parse so the redelivery rebuilds it from the stream and publishes what is missing.
+            self._trials.pop(key, None)
+            raise
         if parse.done:
             self._trials.pop(key, None)
 
