@@ -438,14 +438,16 @@ class Bus:
     async def object_put(self, name: str, data: bytes) -> None:
         """Store a large blob (a snapshot), replacing any previous one of that name."""
         store = await self._objects()
-        await store.put(name, data)
+        await asyncio.wait_for(store.put(name, data), 30)
 
     async def object_get(self, name: str) -> bytes | None:
         """A stored blob, None when absent."""
         store = await self._objects()
         try:
-            result = await store.get(name)
-        except (nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError, nats.js.errors.ObjectDeletedError):
+            # nats-py waits for every chunk without a deadline; an object replaced meanwhile never completes.
+            result = await asyncio.wait_for(store.get(name), 10)
+        except (TimeoutError, nats.js.errors.ObjectNotFoundError, nats.js.errors.NotFoundError,
+                nats.js.errors.ObjectDeletedError):
             return None
         return bytes(result.data or b"")
 
