@@ -24,23 +24,20 @@ import json
 import re
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
-import msgspec
+from harness import run_to_end
 
 from natib.actors.app import ACTOR_KINDS, run_actors
 from natib.algorithms.random import RandomSearch
 from natib.algorithms.space import Trial
-from natib.messages import subjects
 from natib.messages.spec import load_experiment, search_space
 from natib.messages.state import ExperimentState, as_float
 from natib.runtime.bus import Bus
 from natib.runtime.logging import configure_logging
 from natib.runtime.server import TestServer
 from natib.runtime.settings import Settings
-from natib.runtime.store import apply_raw
 
 TRAINER = Path(__file__).resolve().parent / "slow_digits.py"
 #: The report at which a rule judged a trial, as its StopTrial message states it.
@@ -123,27 +120,13 @@ def early_stopping_specs(args: argparse.Namespace) -> dict[str, dict[str, object
 
 async def run_experiment(doc: dict[str, object], home: Path, url: str) -> tuple[float, ExperimentState]:
     """Seconds from creating the experiment to its end, with every actor running in this process."""
-    name = str(doc["metadata"]["name"])  # type: ignore[index]
     settings = Settings(nats_url=url, home=home, drain_timeout=2.0)
     stop, ready = asyncio.Event(), asyncio.Event()
     actors = asyncio.create_task(run_actors(settings, url, list(ACTOR_KINDS), stop, ready=ready))
     await ready.wait()
     bus = await Bus.connect(url)
-    state = ExperimentState(name)
     try:
-        tail = await bus.tail(subjects.EVENTS_STREAM, subjects.experiment_events(name))
-        start = time.perf_counter()
-        reply = msgspec.json.decode(await bus.request(subjects.api("create"), msgspec.json.encode(
-            {"experiment": doc}), timeout=30))
-        if not reply.get("ok"):
-            raise SystemExit(f"create failed: {reply}")
-        while not state.is_finished():
-            raw = await tail.get(120)
-            if raw is None:
-                raise SystemExit("no progress for 120 s")
-            apply_raw(state, raw)
-        elapsed = time.perf_counter() - start
-        await tail.close()
+        elapsed, state = await run_to_end(bus, doc, idle_timeout=120)
     finally:
         stop.set()
         await actors

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import msgspec
+from harness import noop_experiment
 
 from natib.messages import subjects
 from natib.runtime.bus import Bus
@@ -28,26 +29,6 @@ from natib.runtime.server import TestServer
 
 KINDS = ("controller", "suggestion", "launcher", "collector", "early-stopping")
 NATIB = str(Path(sys.executable).parent / "natib")
-
-
-def experiment(trials: int, parallel: int) -> dict[str, object]:
-    """No-op trials (`true`): they end MetricsUnavailable, which is what a no-op trial is."""
-    return {
-        "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment", "metadata": {"name": "large"},
-        "spec": {
-            "objective": {"type": "maximize", "objectiveMetricName": "score"},
-            "algorithm": {"algorithmName": "random"},
-            "maxTrialCount": trials, "parallelTrialCount": parallel,
-            "parameters": [{"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}],
-            "trialTemplate": {
-                "primaryContainerName": "main", "trialParameters": [{"name": "x", "reference": "x"}],
-                "trialSpec": {"apiVersion": "batch/v1", "kind": "Job",
-                              "metadata": {"annotations": {"x": "${trialParameters.x}"}},
-                              "spec": {"template": {"spec": {"containers": [
-                                  {"name": "main", "image": "none", "command": ["true"]}]}}}},
-            },
-        },
-    }
 
 
 def rss_kib(pid: int) -> tuple[int, int]:
@@ -95,9 +76,9 @@ async def main() -> None:
                 except Exception:  # the actors are not up yet
                     await asyncio.sleep(0.2)
             start = time.monotonic()
+            doc = noop_experiment("large", args.trials, args.parallel)
             reply = msgspec.json.decode(await bus.request(
-                subjects.api("create"), msgspec.json.encode({"experiment": experiment(args.trials, args.parallel)}),
-                timeout=30))
+                subjects.api("create"), msgspec.json.encode({"experiment": doc}), timeout=30))
             assert reply["ok"], reply
             status: dict[str, object] = {}
             while True:

@@ -20,35 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import msgspec
+from harness import noop_experiment, run_to_end
 
 from natib.actors.app import ACTOR_KINDS, run_actors
-from natib.messages import subjects
 from natib.messages.state import ExperimentState
 from natib.runtime.bus import Bus
 from natib.runtime.logging import configure_logging
 from natib.runtime.server import TestServer
 from natib.runtime.settings import Settings
-from natib.runtime.store import apply_raw
-
-
-def experiment(trials: int, parallel: int, argv: list[str]) -> dict[str, object]:
-    """An experiment of no-op trials (metrics are not expected: they end MetricsUnavailable)."""
-    return {
-        "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment", "metadata": {"name": "overhead"},
-        "spec": {
-            "objective": {"type": "maximize", "objectiveMetricName": "score"},
-            "algorithm": {"algorithmName": "random"},
-            "maxTrialCount": trials, "parallelTrialCount": parallel,
-            "parameters": [{"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}],
-            "trialTemplate": {
-                "primaryContainerName": "main", "trialParameters": [{"name": "x", "reference": "x"}],
-                "trialSpec": {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"annotations": {
-                    "x": "${trialParameters.x}"}}, "spec": {"template": {"spec": {
-                        "containers": [{"name": "main", "image": "none", "command": argv}]}}}},
-            },
-        },
-    }
 
 
 async def spawn_floor(trials: int, parallel: int, argv: list[str]) -> float:
@@ -75,21 +54,8 @@ async def through_natib(
     actors = asyncio.create_task(run_actors(settings, url, list(ACTOR_KINDS), stop, ready=ready))
     await ready.wait()
     bus = await Bus.connect(url)
-    state = ExperimentState("overhead")
     try:
-        tail = await bus.tail(subjects.EVENTS_STREAM, subjects.experiment_events("overhead"))
-        start = time.perf_counter()
-        reply = msgspec.json.decode(await bus.request(subjects.api("create"), msgspec.json.encode(
-            {"experiment": experiment(trials, parallel, argv)}), timeout=30))
-        if not reply.get("ok"):
-            raise SystemExit(f"create failed: {reply}")
-        while not state.is_finished():
-            raw = await tail.get(60)
-            if raw is None:
-                raise SystemExit("no progress for 60 s")
-            apply_raw(state, raw)
-        elapsed = time.perf_counter() - start
-        await tail.close()
+        elapsed, state = await run_to_end(bus, noop_experiment("overhead", trials, parallel, argv))
     finally:
         stop.set()
         await actors

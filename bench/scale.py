@@ -25,42 +25,21 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import msgspec
+from harness import noop_experiment, run_to_end
 
 from natib.actors import app
 from natib.actors.base import Context
 from natib.actors.launcher.actor import launcher_for
 from natib.messages import codec, subjects
 from natib.messages import events as ev
-from natib.messages.state import ExperimentState
 from natib.runtime.bus import Bus
 from natib.runtime.logging import configure_logging
 from natib.runtime.server import TestServer
 from natib.runtime.settings import Settings
-from natib.runtime.store import apply_raw
 
 NAME = "scale"
 OTHERS = ["controller", "suggestion", "collector", "early-stopping"]
 OUTCOMES = (ev.TrialSucceeded, ev.TrialFailed, ev.TrialMetricsUnavailable, ev.TrialKilled, ev.TrialEarlyStopped)
-
-
-def experiment(trials: int, parallel: int) -> dict[str, object]:
-    """No-op trials (``true``): no metrics, so each ends MetricsUnavailable, which still completes it."""
-    return {
-        "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment", "metadata": {"name": NAME},
-        "spec": {
-            "objective": {"type": "maximize", "objectiveMetricName": "score"},
-            "algorithm": {"algorithmName": "random"},
-            "maxTrialCount": trials, "parallelTrialCount": parallel,
-            "parameters": [{"name": "x", "parameterType": "double", "feasibleSpace": {"min": "0", "max": "1"}}],
-            "trialTemplate": {
-                "primaryContainerName": "main", "trialParameters": [{"name": "x", "reference": "x"}],
-                "trialSpec": {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"annotations": {
-                    "x": "${trialParameters.x}"}}, "spec": {"template": {"spec": {
-                        "containers": [{"name": "main", "image": "none", "command": ["true"]}]}}}},
-            },
-        },
-    }
 
 
 def counting_launcher(launches: Counter[str]):  # type: ignore[no-untyped-def]
@@ -127,23 +106,10 @@ async def one_run(trials: int, parallel: int, replicas: int, processes: bool) ->
                                                            replicas=replicas, ready=lready))
             await lready.wait()
         bus = await Bus.connect(server.url)
-        state = ExperimentState(NAME)
         try:
             if processes:
                 await _wait_for_consumers(bus, replicas)
-            tail = await bus.tail(subjects.EVENTS_STREAM, subjects.experiment_events(NAME))
-            start = time.perf_counter()
-            reply = msgspec.json.decode(await bus.request(subjects.api("create"), msgspec.json.encode(
-                {"experiment": experiment(trials, parallel)}), timeout=30))
-            if not reply.get("ok"):
-                raise SystemExit(f"create failed: {reply}")
-            while not state.is_finished():
-                raw = await tail.get(60)
-                if raw is None:
-                    raise SystemExit("no progress for 60 s")
-                apply_raw(state, raw)
-            elapsed = time.perf_counter() - start
-            await tail.close()
+            elapsed, state = await run_to_end(bus, noop_experiment(NAME, trials, parallel))
             dup = await duplicates(bus)
         finally:
             stop.set()
