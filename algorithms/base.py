@@ -58,6 +58,17 @@ def random_state_errors(settings: Mapping[str, str]) -> list[str]:
     return []
 
 
+def seeded_sampler_errors(space: SearchSpace, settings: Mapping[str, str], algorithm: str) -> list[str]:
+    """Validation of an algorithm whose only setting is ``random_state`` and that samples every parameter."""
+    from natib.algorithms.sampling import space_errors
+
+    return (
+        unknown_setting_errors(settings, ("random_state",), algorithm)
+        + random_state_errors(settings)
+        + space_errors(space)
+    )
+
+
 def effective_seed(settings: Mapping[str, str], seed: int) -> int:
     """The ``random_state`` setting when present (it pins the sequence), else the experiment's seed."""
     errors = random_state_errors(settings)

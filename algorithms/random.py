@@ -5,8 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from natib.algorithms.base import effective_seed, random_state_errors, rng_for, unknown_setting_errors
-from natib.algorithms.sampling import finite_values, iter_points, sample_assignment, space_errors, space_size
+from natib.algorithms.base import (
+    effective_seed,
+    rng_for,
+    seeded_sampler_errors,
+)
+from natib.algorithms.sampling import finite_values, iter_points, sample_assignment, space_size
 from natib.algorithms.space import (
     Assignment,
     ObjectiveType,
@@ -97,11 +101,7 @@ class RandomSearch:
         self, space: SearchSpace, settings: Mapping[str, str], max_trial_count: int | None
     ) -> list[str]:
         """Check settings (only ``random_state``) and that every parameter can be sampled."""
-        return (
-            unknown_setting_errors(settings, self.settings_names, self.name)
-            + random_state_errors(settings)
-            + space_errors(space)
-        )
+        return seeded_sampler_errors(space, settings, self.name)
 
     def suggest(
         self,

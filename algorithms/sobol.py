@@ -11,12 +11,11 @@ from scipy.stats import qmc
 
 from natib.algorithms.base import (
     effective_seed,
-    random_state_errors,
     rng_for,
-    unknown_setting_errors,
+    seeded_sampler_errors,
 )
 from natib.algorithms.random import UsedPoints, count_on_grid
-from natib.algorithms.sampling import from_unit, iter_points, space_errors, space_size
+from natib.algorithms.sampling import from_unit, iter_points, space_size
 from natib.algorithms.space import (
     Assignment,
     ObjectiveType,
@@ -66,11 +65,7 @@ class SobolSearch:
         self, space: SearchSpace, settings: Mapping[str, str], max_trial_count: int | None
     ) -> list[str]:
         """Check settings (only ``random_state``) and that every parameter can be sampled."""
-        return (
-            unknown_setting_errors(settings, self.settings_names, self.name)
-            + random_state_errors(settings)
-            + space_errors(space)
-        )
+        return seeded_sampler_errors(space, settings, self.name)
 
     def suggest(
         self,
