@@ -129,7 +129,8 @@ class Bus:
                 reconnect_time_wait=0.25, allow_reconnect=True, disconnected_cb=_disconnected,
                 reconnected_cb=_reconnected, error_cb=_error, **connect_options(),
             ))
-            done, _pending = await asyncio.wait({connecting, refused}, timeout=connect_timeout * 2,
+            waiting: set[asyncio.Future[Any]] = {connecting, refused}
+            done, _pending = await asyncio.wait(waiting, timeout=connect_timeout * 2,
                                                 return_when=asyncio.FIRST_COMPLETED)
             if connecting not in done:
                 connecting.cancel()
