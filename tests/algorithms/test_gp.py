@@ -7,7 +7,17 @@ import math
 import numpy as np
 import pytest
 
-from natib.algorithms.gp import BayesianOptimization, UnitEncoder, _neg_log_likelihood, _tune
+from natib.algorithms.gp import (
+    _GP,
+    DEFAULT_N_INITIAL_POINTS,
+    BayesianOptimization,
+    UnitEncoder,
+    _neg_log_likelihood,
+    _neg_log_posterior,
+    _score,
+    _score_grad,
+    _tune,
+)
 from natib.algorithms.random import RandomSearch
 from natib.algorithms.space import Assignment, Parameter, SearchSpace, Trial
 
@@ -233,3 +243,72 @@ def test_tuning_finds_the_relevant_dimension() -> None:
     # Only the first dimension matters: its length scale is short, the others run to the upper bound.
     assert scales[0] < 1.0 and min(scales[1:]) > 5.0
     assert noise < 1e-2 and amp > 0
+
+
+def test_posterior_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.random((25, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 1] ** 2
+    y = (y - y.mean()) / y.std()
+    theta = np.log(np.array([1.2, 0.4, 0.9, 3.0, 1e-3]))
+    value, grad = _neg_log_posterior(theta, x, y)
+    h = 1e-6
+    numeric = np.array(
+        [(_neg_log_posterior(theta + h * e, x, y)[0] - _neg_log_posterior(theta - h * e, x, y)[0]) / (2 * h)
+         for e in np.eye(len(theta))]
+    )
+    assert math.isfinite(value)
+    assert np.allclose(grad, numeric, rtol=1e-4, atol=1e-5)
+
+
+def test_acquisition_gradients_match_finite_differences() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.random((20, 3))
+    y = np.cos(3 * x[:, 0]) + x[:, 2]
+    y = (y - y.mean()) / y.std()
+    model = _GP(x, y, 0, params=(1.0, np.array([0.3, 0.5, 0.8]), 1e-4))
+    pts = rng.random((6, 3))
+    mu, sd, dmu, dsd = model.predict_grad(pts)
+    mu0, sd0 = model.predict(pts)
+    assert np.allclose(mu, mu0) and np.allclose(sd, sd0)
+    best = float(y.min())
+    h = 1e-6
+    for acq in ("EI", "PI", "LCB"):
+        _, grad = _score_grad(acq, mu, sd, dmu, dsd, best)
+        numeric = np.empty_like(grad)
+        for k in range(3):
+            up, down = pts.copy(), pts.copy()
+            up[:, k] += h
+            down[:, k] -= h
+            numeric[:, k] = (_score(acq, *model.predict(up), best) - _score(acq, *model.predict(down), best)) / (2 * h)
+        assert np.allclose(grad, numeric, rtol=1e-3, atol=1e-4), acq
+
+
+def test_default_acquisition_is_expected_improvement() -> None:
+    history = _history(PLANE, quadratic, 12)
+    alg = BayesianOptimization()
+    assert alg.suggest(PLANE, history, 2, {}, 1, "minimize") == alg.suggest(
+        PLANE, history, 2, {"acq_func": "EI"}, 1, "minimize"
+    )
+    assert alg.suggest(PLANE, history, 2, {"acq_func": "gp_hedge"}, 1, "minimize") == alg.suggest(
+        PLANE, history, 2, {"acq_func": "EI"}, 1, "minimize"
+    )
+
+
+def test_default_initial_points() -> None:
+    alg = BayesianOptimization()
+    history = _history(PLANE, quadratic, DEFAULT_N_INITIAL_POINTS - 1)
+    assert alg.suggest(PLANE, history, 1, {}, 1, "minimize").assignments == RandomSearch().suggest(
+        PLANE, history, 1, {}, 1, "minimize"
+    ).assignments
+    more = _history(PLANE, quadratic, DEFAULT_N_INITIAL_POINTS)
+    assert alg.suggest(PLANE, more, 1, {}, 1, "minimize").assignments != RandomSearch().suggest(
+        PLANE, more, 1, {}, 1, "minimize"
+    ).assignments
+
+
+def test_refines_branin_to_its_optimum() -> None:
+    # With defaults, 40 sequential trials put Branin within 5e-3 of its minimum (0.397887) on every seed
+    # (about 2e-4 on seeds 0 and 1; random search is near 0.8 at 50 trials).
+    regrets = [_run(BayesianOptimization(), BRANIN, branin, 40, 1, seed, {}) - 0.397887 for seed in range(2)]
+    assert max(regrets) < 5e-3
