@@ -210,6 +210,8 @@ class ExperimentController:
     VIEW_INTERVAL = 1.0
     #: Events between two snapshots of an experiment's fold.
     SNAPSHOT_EVERY = 5000
+    #: Seconds between two reconciliations of a running experiment that no event triggered.
+    TICK_SECONDS = 5.0
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -217,6 +219,7 @@ class ExperimentController:
         self._view_due: dict[str, asyncio.TimerHandle] = {}
         self._view_tasks: set[asyncio.Task[None]] = set()
         self._snapshot_at: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     async def run(self) -> None:
         """Serve requests, resync every live experiment, then reconcile on each new event until stopped."""
@@ -232,11 +235,36 @@ class ExperimentController:
         await bus.serve(subjects.api("ping"), self.api_ping, queue=KIND)
         await bus.serve(subjects.api("patch"), self.api_patch, queue=KIND)
         await self.resync()
-        await bus.consume(
-            subjects.EVENTS_STREAM, KIND, subjects.EVENTS_ALL, self.on_event, stop=self.ctx.stop,
-            concurrency=32, ack_wait=self.ctx.settings.ack_wait, key=lambda m: experiment_key(m.subject),
-            drain_timeout=self.ctx.settings.drain_timeout,
-        )
+        ticker = asyncio.create_task(self.tick())
+        try:
+            await bus.consume(
+                subjects.EVENTS_STREAM, KIND, subjects.EVENTS_ALL, self.on_event, stop=self.ctx.stop,
+                concurrency=32, ack_wait=self.ctx.settings.ack_wait, key=lambda m: experiment_key(m.subject),
+                drain_timeout=self.ctx.settings.drain_timeout,
+            )
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    async def tick(self) -> None:
+        """Reconcile every running experiment now and then, whatever the events say.
+
+        Decisions are level-triggered, so this is always safe; it makes sure an experiment moves on even
+        if the event that should have woken it was handled by a replica that stopped half-way.
+        """
+        while not self.ctx.stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.ctx.stop.wait(), self.TICK_SECONDS)
+            if self.ctx.stop.is_set():
+                return
+            for name in list(self.ctx.store.cached_names()):
+                try:
+                    state = await self.ctx.store.load(name)
+                    if state.experiment is not None and not state.is_finished() and not state.deleted:
+                        await self.reconcile(name)
+                except Exception:  # the next tick or event tries again
+                    log.warning("tick_failed", experiment=name, exc_info=True)
 
     async def resync(self) -> None:
         """Re-send the commands every unfinished experiment implies (they may have been lost in a crash)."""
@@ -267,6 +295,11 @@ class ExperimentController:
 
     async def reconcile(self, name: str, *, causation: str | None = None) -> ExperimentState:
         """Decide and append until nothing is left to do; retry on a lost conditional append."""
+        lock = self._locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            return await self._reconcile(name, causation)
+
+    async def _reconcile(self, name: str, causation: str | None) -> ExperimentState:
         for _attempt in range(20):
             state = await self.ctx.store.load(name)
             try:

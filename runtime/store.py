@@ -106,6 +106,10 @@ class EventStore:
         """Save the fold so a restart reads only the events after it."""
         await self.bus.object_put(subjects.snapshot_name(state.name), msgspec.msgpack.encode(state))
 
+    def cached_names(self) -> list[str]:
+        """The experiments whose folded state is cached here."""
+        return list(self._cache)
+
     def cached_seq(self, experiment: str) -> int:
         """The last sequence folded into the cached state of an experiment (0 when not cached)."""
         state = self._cache.get(experiment)
