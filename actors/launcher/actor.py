@@ -86,6 +86,7 @@ class LocalLauncher:
         self.root = ctx.settings.trials_dir
         self._start_locks: dict[str, asyncio.Lock] = {}
         self._running: dict[str, int] = {}
+        self._following: dict[str, asyncio.Event] = {}
 
     async def run(self) -> None:
         """Consume launcher commands until stopped."""
@@ -118,31 +119,46 @@ class LocalLauncher:
         async with lock:
             if td.done_file.exists():
                 return
-            if td.stopped() is not None and td.read_pid() is None:
-                await self._publish_end(experiment, cmd.trial, td, attempt=1, chunk=0, exit_code=None)
-                return
-            recorded = td.read_pid()
-            proc: asyncio.subprocess.Process | None = None
-            finished = recorded is not None and (
-                alive(recorded[0], recorded[1]) or td.exit_code() is not None or td.stopped() is not None
-            )
-            if recorded is not None and finished:
-                pid, attempt = recorded[0], recorded[2]
-                log.info("trial_reattached", experiment=experiment, trial=cmd.trial, pid=pid)
-                # The start may never have been announced if the last launcher died right after spawning.
-                await self._announce_start(experiment, cmd.trial, attempt, pid, td)
-            else:
-                attempt = (recorded[2] + 1) if recorded else 1
-                started = await self._start(experiment, cmd, td, attempt)
+            # A redelivery while the trial is already followed here (this process was too busy to renew the
+            # message in time) waits for that to end instead of shipping the output twice.
+            following = self._following.get(cmd.trial)
+            if following is None:
+                started = await self._attach_or_start(experiment, cmd, td)
                 if started is None:
                     return
-                proc, pid = started, started.pid
-            self._running[cmd.trial] = pid
+                pid, attempt, proc = started
+                self._running[cmd.trial] = pid
+                done = self._following[cmd.trial] = asyncio.Event()
+        if following is not None:
+            await following.wait()
+            return
         try:
             await self._follow(experiment, cmd.trial, td, pid, attempt, proc, cmd)
         finally:
             self._running.pop(cmd.trial, None)
             self._start_locks.pop(cmd.trial, None)
+            self._following.pop(cmd.trial, None)
+            done.set()
+
+    async def _attach_or_start(self, experiment: str, cmd: LaunchTrial,
+                               td: TrialDir) -> tuple[int, int, asyncio.subprocess.Process | None] | None:
+        """(pid, attempt, our child or None) of the trial's process: the one already running, or a new one."""
+        if td.stopped() is not None and td.read_pid() is None:
+            await self._publish_end(experiment, cmd.trial, td, attempt=1, chunk=0, exit_code=None)
+            return None
+        recorded = td.read_pid()
+        finished = recorded is not None and (
+            alive(recorded[0], recorded[1]) or td.exit_code() is not None or td.stopped() is not None
+        )
+        if recorded is not None and finished:
+            pid, attempt = recorded[0], recorded[2]
+            log.info("trial_reattached", experiment=experiment, trial=cmd.trial, pid=pid)
+            # The start may never have been announced if the last launcher died right after spawning.
+            await self._announce_start(experiment, cmd.trial, attempt, pid, td)
+            return pid, attempt, None
+        attempt = (recorded[2] + 1) if recorded else 1
+        proc = await self._start(experiment, cmd, td, attempt)
+        return (proc.pid, attempt, proc) if proc is not None else None
 
     async def _start(self, experiment: str, cmd: LaunchTrial, td: TrialDir,
                      attempt: int) -> asyncio.subprocess.Process | None:
