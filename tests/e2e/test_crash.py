@@ -18,8 +18,8 @@ TRIALS = 12
 
 
 def experiment(name: str) -> str:
-    """Twelve trials of about a second each, three at a time."""
-    script = "for i in 1 2 3 4; do echo step=$i; sleep 0.25; done; echo score=${trialParameters.x}"
+    """Twelve trials of about three seconds each, three at a time."""
+    script = "for i in $(seq 1 12); do echo step=$i; sleep 0.25; done; echo score=${trialParameters.x}"
     doc = {
         "apiVersion": "kubeflow.org/v1beta1", "kind": "Experiment", "metadata": {"name": name},
         "spec": {
@@ -60,10 +60,15 @@ def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-d
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def completed(env: dict[str, str], name: str) -> int:
-    """How many trials have an outcome."""
-    return sum(1 for e in events(env, name)
-               if e["body"]["type"] in ("trial.succeeded", "trial.failed", "trial.metrics-unavailable"))
+OUTCOMES = ("trial.succeeded", "trial.failed", "trial.metrics-unavailable")
+
+
+def _progress(env: dict[str, str], name: str) -> tuple[int, int]:
+    """(trials with an outcome, trials started and still running), from one read of the log."""
+    log_events = events(env, name)
+    done = {e["body"]["trial"] for e in log_events if e["body"]["type"] in OUTCOMES}
+    running = {e["body"]["trial"] for e in log_events if e["body"]["type"] == "trial.started"} - done
+    return len(done), len(running)
 
 
 def test_sigkill_mid_experiment_then_resume(tmp_path: Path, natib_env: dict[str, str]) -> None:
@@ -74,7 +79,9 @@ def test_sigkill_mid_experiment_then_resume(tmp_path: Path, natib_env: dict[str,
     try:
         created = run_cli(natib_env, "create", "-f", str(path))
         assert created.returncode == 0, created.stderr
-        wait_for(lambda: completed(natib_env, "crash") >= 4, 60, "four finished trials")
+        # Kill as soon as one read of the log shows finished trials and trials still running: each trial lasts
+        # about three seconds, far longer than the gap between that read and the kill.
+        wait_for(lambda: _ready_to_kill(*_progress(natib_env, "crash")), 90, "three finished trials and one running")
         os.killpg(up.pid, signal.SIGKILL)
         up.wait(10)
         at_kill = events(natib_env, "crash")
@@ -91,7 +98,7 @@ def test_sigkill_mid_experiment_then_resume(tmp_path: Path, natib_env: dict[str,
     created_names = [e["body"]["trial"] for e in log_events if e["body"]["type"] == "trial.created"]
     assert len(created_names) == TRIALS == len(set(created_names)), "every trial created once"
     outcomes = Counter(e["body"]["trial"] for e in log_events
-                       if e["body"]["type"] in ("trial.succeeded", "trial.failed", "trial.metrics-unavailable"))
+                       if e["body"]["type"] in OUTCOMES)
     assert sorted(outcomes) == sorted(created_names), "every trial has an outcome"
     assert set(outcomes.values()) == {1}, f"no outcome reported twice: {outcomes}"
     succeeded = [e for e in log_events if e["body"]["type"] == "trial.succeeded"]
@@ -107,6 +114,10 @@ def test_sigkill_mid_experiment_then_resume(tmp_path: Path, natib_env: dict[str,
         assert metrics["score"]["latest"] != "unavailable"
     got = json.loads(run_cli(natib_env, "get", "experiments", "-o", "json").stdout)["items"][0]["status"]
     assert got["trials"] == TRIALS and got["trialsSucceeded"] == TRIALS
+
+
+def _ready_to_kill(done: int, running: int) -> bool:
+    return done >= 3 and running >= 1
 
 
 def _finished(env: dict[str, str]) -> dict[str, object] | None:
