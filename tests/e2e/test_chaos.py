@@ -200,7 +200,7 @@ def test_sigkill_random_actors_throughout_an_experiment(tmp_path: Path, natib_en
     with running({kind: spawn(["actor", kind], natib_env, log) for kind in KINDS}) as procs:
         created = run_cli(natib_env, "create", "-f", str(path))
         assert created.returncode == 0, created.stderr
-        deadline = time.monotonic() + 150
+        deadline = time.monotonic() + 240
         next_kill = time.monotonic() + rng.uniform(2, 3)
         status = None
         while status is None:
@@ -233,7 +233,7 @@ def test_nats_server_restart_mid_experiment(tmp_path: Path, natib_env: dict[str,
         wait_for(lambda: completed(natib_env, "restart") >= 8, 60, "eight finished trials")
         nats_server.restart()
         at_restart = completed(natib_env, "restart")
-        status = wait_for(lambda: finished(natib_env, "restart"), 60, f"the experiment to finish; see {log}")
+        status = wait_for(lambda: finished(natib_env, "restart"), 120, f"the experiment to finish; see {log}")
     assert status["reason"] == "ExperimentMaxTrialsReached", status
     assert at_restart < trials, "the restart must hit a running experiment for this test to mean anything"
     check_log(natib_env, "restart", trials)

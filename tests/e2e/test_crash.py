@@ -88,7 +88,7 @@ def test_sigkill_mid_experiment_then_resume(tmp_path: Path, natib_env: dict[str,
         in_flight = {e["body"]["trial"] for e in at_kill if e["body"]["type"] == "trial.started"} - {
             e["body"]["trial"] for e in at_kill if e["body"]["type"] in ("trial.succeeded", "trial.failed")}
         up = start_up(natib_env, log)
-        status = wait_for(lambda: _finished(natib_env), 90, "the experiment to finish")
+        status = wait_for(lambda: _finished(natib_env), 120, "the experiment to finish")
     finally:
         os.killpg(up.pid, signal.SIGTERM)
         up.wait(20)
