@@ -130,8 +130,6 @@ def unsupported(exp: Experiment) -> list[str]:
     if template is not None and template.trial_spec is None:
         out.append("spec.trialTemplate.configMap: trial templates from ConfigMaps need the Kubernetes backend; "
                    "put the template inline as spec.trialTemplate.trialSpec")
-    if spec.nas_config is not None:
-        out.append("spec.nasConfig: neural architecture search (enas, darts) is not supported by natib yet")
     return out
 
 

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
+
 from natib.actors.base import Context
 from natib.algorithms.auto import choose_algorithm
+from natib.algorithms.nas import NasSpace, get_nas_algorithm
 from natib.algorithms.registry import UnknownAlgorithm, get_algorithm
 from natib.messages import codec, subjects
 from natib.messages import events as ev
@@ -33,12 +36,20 @@ def suggest(state: ExperimentState, request: SuggestTrials) -> ev.TrialsSuggeste
     spec = exp.spec
     name = spec.algorithm.algorithm_name if spec.algorithm else "random"
     settings = {s.name: s.value for s in (spec.algorithm.algorithm_settings or [])} if spec.algorithm else {}
-    if name == "auto":
+    if name == "auto" and spec.nas_config is None:
         name = choose_algorithm(search_space(spec), len(state.trials))
     try:
-        algorithm = get_algorithm(name)
-        result = algorithm.suggest(search_space(spec), state.algorithm_history(), request.count, settings,
-                                   state.seed, spec.objective.type)  # type: ignore[arg-type]
+        if spec.nas_config is not None and not spec.parameters:
+            nas = get_nas_algorithm(name)
+            if nas is None:
+                raise UnknownAlgorithm(name)
+            result = nas.suggest(NasSpace.from_katib(msgspec.to_builtins(spec.nas_config)),
+                                 state.algorithm_history(), request.count, settings, state.seed,
+                                 spec.objective.type)  # type: ignore[arg-type]
+        else:
+            algorithm = get_algorithm(name)
+            result = algorithm.suggest(search_space(spec), state.algorithm_history(), request.count, settings,
+                                       state.seed, spec.objective.type)  # type: ignore[arg-type]
     except (UnknownAlgorithm, ValueError) as exc:
         return ev.SuggestionFailed(request=request.request, message=str(exc))
     return ev.TrialsSuggested(

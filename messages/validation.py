@@ -208,8 +208,16 @@ def _validate_algorithms(spec: ExperimentSpec, errors: _Errors, check_settings: 
 
 
 def _check_algorithm(spec: ExperimentSpec, name: str, settings: dict[str, str], errors: _Errors) -> None:
+    from natib.algorithms.nas import NAS_ALGORITHMS
     from natib.algorithms.registry import KNOWN_ALGORITHMS, UnknownAlgorithm, get_algorithm
 
+    if spec.nas_config is not None and not spec.parameters:
+        _check_nas_algorithm(spec, name, settings, errors)
+        return
+    if name in NAS_ALGORITHMS:
+        errors.add("spec.algorithm.algorithmName",
+                   f"algorithm {name} searches spec.nasConfig, which this experiment does not set")
+        return
     try:
         algorithm = get_algorithm(name)
     except UnknownAlgorithm:
@@ -227,6 +235,29 @@ def _check_algorithm(spec: ExperimentSpec, name: str, settings: dict[str, str], 
         return
     for message in algorithm.validate(space, settings, spec.max_trial_count):
         errors.add("spec.algorithm.algorithmSettings", message)
+
+
+def _check_nas_algorithm(spec: ExperimentSpec, name: str, settings: dict[str, str], errors: _Errors) -> None:
+    """A nasConfig experiment: the algorithm must be a NAS one, and its checks of graph, operations, settings."""
+    from natib.algorithms.nas import NAS_ALGORITHMS, get_nas_algorithm
+
+    algorithm = get_nas_algorithm(name)
+    if algorithm is None:
+        errors.add(
+            "spec.algorithm.algorithmName",
+            f"unable to get Suggestion config data for algorithm {name}: natib has no neural architecture "
+            f"search algorithm called '{name}' (known for spec.nasConfig: {', '.join(sorted(NAS_ALGORITHMS))})",
+        )
+        return
+    generic = _Errors()
+    for i, op in enumerate(spec.nas_config.operations or [] if spec.nas_config else []):
+        if op.parameters:
+            _validate_parameters(op.parameters, f"spec.nasConfig.operations[{i}].parameters", generic)
+    reported = [e.path.rsplit(".feasibleSpace", 1)[0] for e in generic]
+    for path, message in algorithm.validate(msgspec.to_builtins(spec.nas_config), settings):
+        # The generic parameter checks below already say what is wrong with such an operation parameter.
+        if not any(path.startswith(p) for p in reported):
+            errors.add(path, message)
 
 
 def _parameter_errors(spec: ExperimentSpec) -> _Errors:
