@@ -425,11 +425,12 @@ class LocalLauncher:
             kill_group(pid, 9)
 
 
-def launcher_for(ctx: Context) -> LocalLauncher:
-    """The launcher backend chosen by NATIB_LAUNCHER."""
-    if ctx.settings.launcher != "local":
-        raise PermanentError(f"NATIB_LAUNCHER={ctx.settings.launcher!r}: only the local backend is built in")
-    return LocalLauncher(ctx)
+def launcher_for(ctx: Context) -> Any:
+    """The launcher actor: each experiment's commands go to the backend its ``natib.io/launcher`` annotation
+    names (``local`` or ``kubernetes``), else to the one NATIB_LAUNCHER names."""
+    from natib.actors.launcher.kubernetes import LauncherRouter  # imports this module
+
+    return LauncherRouter(ctx)
 
 
 __all__ = ["LocalLauncher", "launcher_for"]
