@@ -9,11 +9,15 @@ default:
 # install natib and its dev tools into .venv
 install:
     python3 -m venv .venv
-    .venv/bin/pip install -e '.[dev]'
+    .venv/bin/pip install -e '.[dev,nas]'
 
 # run the test suite (pass pytest arguments, e.g. `just test -k grid`)
 test *args:
     {{py}} -m pytest {{args}}
+
+# render every deploy/ overlay and check it offline: Kubernetes schemas, our CRDs, examples, RBAC, house rules
+deploy-check *args:
+    {{py}} deploy/check.py {{args}}
 
 # ruff and mypy
 lint:

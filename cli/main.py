@@ -506,7 +506,8 @@ async def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     stop = asyncio.Event()
     install_signal_handlers(stop)
     print(f"natib {__version__}: {', '.join(kinds)} on {url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
-    await run_actors(settings, url, kinds, stop, replicas=getattr(args, "replicas", 1))
+    health_port = getattr(args, "health_port", None) or settings.health_port
+    await run_actors(settings, url, kinds, stop, replicas=getattr(args, "replicas", 1), health_port=health_port)
     return 0
 
 
@@ -539,6 +540,12 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 # -- parser --------------------------------------------------------------------------------------------
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port from 1 to 65535, got {text!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every natib command."""
     p = argparse.ArgumentParser(prog="natib", description="Katib-compatible hyperparameter tuning on NATS.")
@@ -546,10 +553,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("up", help="run NATS (if needed) and all actors in the foreground")
+    s.add_argument("--health-port", type=_port, default=None, metavar="N",
+                   help="serve /healthz and /readyz on this port (default: env NATIB_HEALTH_PORT, else none)")
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("actor", help="run the replicas of one actor kind")
-    s.add_argument("kind", choices=["controller", "suggestion", "launcher", "collector", "early-stopping"])
+    s.add_argument("kind", choices=["controller", "suggestion", "launcher", "collector", "early-stopping",
+                                    "k8s-controller", "dbmanager"])
     s.add_argument("--replicas", type=int, default=1)
+    s.add_argument("--health-port", type=_port, default=None, metavar="N",
+                   help="serve /healthz and /readyz on this port (default: env NATIB_HEALTH_PORT, else none)")
     s.set_defaults(func=cmd_up)
     s = sub.add_parser("run", help="create an experiment, follow it, print the best trial")
     s.add_argument("file")
@@ -603,6 +615,9 @@ def build_parser() -> argparse.ArgumentParser:
     from natib.cli.replay import register_replay_commands
 
     register_replay_commands(sub)
+    from natib.actors.launcher.sidecar import register_sidecar_command
+
+    register_sidecar_command(sub)
     return p
 
 

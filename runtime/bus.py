@@ -99,6 +99,8 @@ class Bus:
         self.js = nc.jetstream(timeout=10)
         self.log_max_age = log_max_age
         self._kv = None
+        # Durable consumers and request endpoints this connection currently serves (for readiness probes).
+        self.bound: set[str] = set()
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "natib", log_max_age: float = 7 * 86400,
@@ -293,6 +295,7 @@ class Bus:
             max_ack_pending=max(concurrency * 4, 64), filter_subject=subject,
         )
         sub = await self._pull_subscribe(stream, durable, subject, config)
+        self.bound.add(durable)
         sem = asyncio.Semaphore(concurrency)
         locks: dict[str, asyncio.Lock] = {}
         tasks: set[asyncio.Task[None]] = set()
@@ -339,6 +342,7 @@ class Bus:
                 if not msgs:
                     sem.release()
         finally:
+            self.bound.discard(durable)
             if tasks:
                 _done, pending = await asyncio.wait(tasks, timeout=drain_timeout)
                 for t in pending:
@@ -478,6 +482,7 @@ class Bus:
                 await msg.respond(reply)
 
         await self.nc.subscribe(subject, queue=queue, cb=_cb)
+        self.bound.add(subject)
 
     async def request(self, subject: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         """Send a request and return the reply; NoResponders when nobody serves it."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ ENV_VARS: tuple[EnvVar, ...] = (
     EnvVar("NATIB_LAUNCHER", "local", "where trials run: " + "|".join(LAUNCHERS)),
     EnvVar("NATIB_DRAIN_TIMEOUT", "10", "seconds to finish in-flight work on shutdown"),
     EnvVar("NATIB_REQUEST_TIMEOUT", "10", "seconds a CLI request waits for its answer"),
+    EnvVar("NATIB_HEALTH_PORT", "(unset)", "port for /healthz and /readyz of `natib up`/`natib actor` (unset: none)"),
+    EnvVar("NATIB_K8S_NAMESPACES", "(all)", "namespaces the k8s-controller watches (comma-separated)"),
+    EnvVar("NATIB_DBMANAGER_PORT", "6789", "port of the dbmanager actor's Katib gRPC endpoint"),
+    EnvVar("NATIB_TRIAL_NATS_URL", "(NATS_URL)", "NATS address trial pods use (Push, natib sidecar) on Kubernetes"),
+    EnvVar("NATIB_SIDECAR_IMAGE", "natib:latest", "image of the natib sidecar the Kubernetes launcher adds to pods"),
 )
 
 
@@ -81,6 +87,26 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name}: expected a positive number of seconds, got {raw!r}")
     return value
+
+
+def _port(env: Mapping[str, str], name: str) -> int | None:
+    raw = _get(env, name)
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ConfigError(f"{name}: expected a TCP port from 1 to 65535, got {raw!r}")
+    return int(raw)
+
+
+def _names(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = _get(env, name)
+    if raw is None:
+        return ()
+    out = tuple(part.strip() for part in raw.split(",") if part.strip())
+    bad = [n for n in out if len(n) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n)]
+    if bad:
+        raise ConfigError(f"{name}: {', '.join(bad)} is not a Kubernetes namespace name (DNS-1123 label)")
+    return out
 
 
 def _path(raw: str) -> Path:
@@ -116,6 +142,11 @@ class Settings:
     launcher: str = "local"
     drain_timeout: float = 10.0
     request_timeout: float = 10.0
+    health_port: int | None = None
+    k8s_namespaces: tuple[str, ...] = ()
+    dbmanager_port: int = 6789
+    trial_nats_url: str | None = None
+    sidecar_image: str = "natib:latest"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -133,6 +164,11 @@ class Settings:
             launcher=_choice(env, "NATIB_LAUNCHER", LAUNCHERS, "local"),
             drain_timeout=_seconds(env, "NATIB_DRAIN_TIMEOUT", 10.0),
             request_timeout=_seconds(env, "NATIB_REQUEST_TIMEOUT", 10.0),
+            health_port=_port(env, "NATIB_HEALTH_PORT"),
+            k8s_namespaces=_names(env, "NATIB_K8S_NAMESPACES"),
+            dbmanager_port=_port(env, "NATIB_DBMANAGER_PORT") or 6789,
+            trial_nats_url=_get(env, "NATIB_TRIAL_NATS_URL"),
+            sidecar_image=_get(env, "NATIB_SIDECAR_IMAGE") or "natib:latest",
         )
 
     @property

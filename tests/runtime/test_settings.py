@@ -75,6 +75,11 @@ def test_env_vars_table_documents_exactly_what_is_read() -> None:
         "NATIB_LAUNCHER": "kubernetes",
         "NATIB_DRAIN_TIMEOUT": "1",
         "NATIB_REQUEST_TIMEOUT": "1",
+        "NATIB_HEALTH_PORT": "8081",
+        "NATIB_K8S_NAMESPACES": "team-a",
+        "NATIB_DBMANAGER_PORT": "7000",
+        "NATIB_TRIAL_NATS_URL": "nats://t:1",
+        "NATIB_SIDECAR_IMAGE": "x:1",
     }
     assert set(changed) == set(names)
     for name, value in changed.items():
