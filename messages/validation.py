@@ -31,6 +31,9 @@ __all__ = ["validate_experiment", "validate_update"]
 
 NAME_MAX_LENGTH = 40
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: Experiment annotation choosing where its trials run, and its values.
+LAUNCHER_ANNOTATION = "natib.io/launcher"
+TRIAL_BACKENDS = ("local", "kubernetes")
 NAME_MESSAGE = (
     "name must consist of lower case alphanumeric characters or '-', start with an alphabetic character, "
     "and end with an alphanumeric character (e.g. 'my-name', or 'abc-123', regex used for validation is "
@@ -72,6 +75,10 @@ def validate_experiment(exp: Experiment, *, check_settings: bool = True) -> list
     name = exp.metadata.name
     if not NAME_PATTERN.match(name) or len(name) > NAME_MAX_LENGTH:
         errors.add("metadata.name", NAME_MESSAGE)
+    backend = (exp.metadata.annotations or {}).get(LAUNCHER_ANNOTATION)
+    if backend is not None and backend.strip().lower() not in TRIAL_BACKENDS:
+        errors.add(f"metadata.annotations[{LAUNCHER_ANNOTATION}]",
+                   f"expected one of {', '.join(TRIAL_BACKENDS)}, got {backend!r}")
     _validate_budget(spec, errors)
     objective_ok = _validate_objective(spec, errors)
     if objective_ok:

@@ -66,6 +66,7 @@ from natib.messages.spec import (
     TRAINJOB_PRIMARY_POD_LABELS,
     Experiment,
 )
+from natib.messages.validation import LAUNCHER_ANNOTATION, TRIAL_BACKENDS
 from natib.runtime.bus import RawMessage
 from natib.runtime.errors import ConfigError, PermanentError, RetryableError
 from natib.runtime.kube import (
@@ -84,14 +85,13 @@ from natib.runtime.logging import get_logger
 
 log = get_logger("natib.launcher.kubernetes")
 
-LAUNCHER_ANNOTATION = "natib.io/launcher"
 STOP_REASON_ANNOTATION = "natib.io/stop-reason"
 STOP_MESSAGE_ANNOTATION = "natib.io/stop-message"
 SIDECAR_CONTAINER = "natib-metrics-sidecar"
 METRICS_VOLUME = "natib-metrics"
 #: Header on the natib sidecar's last message: everything the sidecar saw has been shipped.
 H_SIDECAR_END = "Natib-Sidecar-End"
-BACKENDS = ("local", "kubernetes")
+BACKENDS = TRIAL_BACKENDS
 
 _KUBEFLOW_PRIMARY_REPLICAS = ("Master", "Chief", "Launcher")
 

@@ -807,6 +807,17 @@ def test_metadata_references_are_not_parameters(reference: str) -> None:
     assert errors_of(at("spec.trialTemplate.trialParameters.1.reference", reference)) == []
 
 
+@pytest.mark.parametrize("value", ["local", "kubernetes", " Kubernetes "])
+def test_launcher_annotation_accepts_the_backends(value: str) -> None:
+    assert errors_of(at("metadata.annotations", {"natib.io/launcher": value})) == []
+
+
+def test_launcher_annotation_names_a_backend() -> None:
+    assert errors_of(at("metadata.annotations", {"natib.io/launcher": "slurm"})) == [
+        ("metadata.annotations[natib.io/launcher]", "expected one of local, kubernetes, got 'slurm'")
+    ]
+
+
 def test_references_are_free_when_there_are_no_parameters() -> None:
     def nas(doc: Doc) -> None:
         doc["spec"].pop("parameters")
