@@ -168,7 +168,7 @@ class KubeController:
         """Watch Experiments and mirror natib's state until the stop signal."""
         async with await api_client(self.host) as api:
             self.custom, self.core = CustomObjectsApi(api), CoreV1Api(api)
-            sub = await self.ctx.bus.nc.subscribe(subjects.EVENTS_ALL, cb=self._on_event)
+            unsubscribe = await self.ctx.bus.watch_subjects(subjects.EVENTS_ALL, self._on_event)
             tasks = [asyncio.create_task(self._watch(ns)) for ns in (self.namespaces or ("",))]
             tasks.append(asyncio.create_task(self._status_loop()))
             log.info("k8s_controller_started", namespaces=list(self.namespaces) or "all")
@@ -181,7 +181,7 @@ class KubeController:
                     with contextlib.suppress(asyncio.CancelledError, Exception):
                         await task
                 with contextlib.suppress(Exception):
-                    await sub.unsubscribe()
+                    await unsubscribe()
 
     # -- Kubernetes -> natib ---------------------------------------------------------------------
 
@@ -444,8 +444,8 @@ class KubeController:
 
     # -- natib -> Kubernetes ---------------------------------------------------------------------
 
-    async def _on_event(self, msg: Any) -> None:
-        name = subjects.experiment_of(msg.subject)
+    def _on_event(self, subject: str) -> None:
+        name = subjects.experiment_of(subject)
         if name is not None and name in self._owned:
             self._mark(name)
 

@@ -484,6 +484,15 @@ class Bus:
         await self.nc.subscribe(subject, queue=queue, cb=_cb)
         self.bound.add(subject)
 
+    async def watch_subjects(self, subject: str, on_subject: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``on_subject`` with the subject of every core-NATS message on ``subject`` (a wildcard is fine),
+        as a change notice: no delivery guarantee, the stream stays the truth. Returns the unsubscribe."""
+        async def _cb(msg: Msg) -> None:
+            on_subject(msg.subject)
+
+        sub = await self.nc.subscribe(subject, cb=_cb)
+        return sub.unsubscribe
+
     async def request(self, subject: str, data: bytes, *, timeout: float = 10.0) -> bytes:
         """Send a request and return the reply; NoResponders when nobody serves it."""
         try:
