@@ -177,6 +177,24 @@ def stop_commands(state: ExperimentState, reason: str, message: str) -> list[Out
     ]
 
 
+def commands_for_landed(d: Decision, landed: list[ev.Event]) -> list[Outgoing]:
+    """The commands of ``d`` implied by the decisions in ``landed`` (a prefix of ``d.events``).
+
+    Trial launches belong to their TrialCreated (unless the same prefix also failed the trial); stop commands
+    belong to a finishing decision, which is always alone in its batch.
+    """
+    created = {e.trial for e in landed if isinstance(e, ev.TrialCreated)}
+    failed = {e.trial for e in landed if isinstance(e, ev.TrialFailed)}
+    finished = any(isinstance(e, ev.ExperimentSucceeded | ev.ExperimentFailed) for e in landed)
+    out = []
+    for c in d.commands:
+        if isinstance(c.command, LaunchTrial) and c.command.trial in created - failed:
+            out.append(c)
+        elif isinstance(c.command, StopTrial) and finished:
+            out.append(c)
+    return out
+
+
 def resync_commands(state: ExperimentState) -> list[Outgoing]:
     """Commands implied by the state, re-sent at start-up in case a crash lost them (all idempotent)."""
     if state.experiment is None:
@@ -314,19 +332,32 @@ class ExperimentController:
             d = decide(state)
             if not d.events and not d.commands:
                 break
-            seqs = await self.ctx.store.append_decisions(state, d.events, causation=causation)
-            for event, seq in zip(d.events, seqs, strict=True):
-                if isinstance(event, ev.SuggestionRequested):
-                    d.commands.append(suggest_command(state, event.request, event.count, seq))
-                log.info("experiment_decision", experiment=state.name, kind=ev.event_type(event), seq=seq)
-            for out in d.commands:
-                await send(self.ctx, out, causation=causation)
+            try:
+                seqs = await self.ctx.store.append_decisions(state, d.events, causation=causation)
+            except WrongLastSequence as exc:
+                # Part of the batch landed before another writer: those decisions are facts now, and the
+                # other writer decides from them, so their commands are ours to send.
+                landed = [(e, seq) for e, seq in exc.appended if isinstance(e, ev.Event)]
+                await self._act_on(state, landed, commands_for_landed(d, [e for e, _ in landed]), causation)
+                raise
+            await self._act_on(state, list(zip(d.events, seqs, strict=True)), d.commands, causation)
             changed = True
             if not d.events:
                 break
         if changed or causation is None:
             await self.update_view(state)
         await self.maybe_snapshot(state)
+
+    async def _act_on(self, state: ExperimentState, appended: list[tuple[ev.Event, int]], commands: list[Outgoing],
+                      causation: str | None) -> None:
+        """Log appended decisions and send their commands (a suggestion request's command needs its sequence)."""
+        commands = list(commands)
+        for event, seq in appended:
+            if isinstance(event, ev.SuggestionRequested):
+                commands.append(suggest_command(state, event.request, event.count, seq))
+            log.info("experiment_decision", experiment=state.name, kind=ev.event_type(event), seq=seq)
+        for out in commands:
+            await send(self.ctx, out, causation=causation)
 
     async def maybe_snapshot(self, state: ExperimentState) -> None:
         """Save the fold every SNAPSHOT_EVERY events, so a restart does not re-read a long log from the start."""

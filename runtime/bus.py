@@ -36,7 +36,17 @@ WRONG_LAST_SEQUENCE = 10071
 
 
 class WrongLastSequence(RetryableError):
-    """A conditional append lost: another writer appended first. Re-read and decide again."""
+    """A conditional append lost: another writer appended first. Re-read and decide again.
+
+    ``appended`` lists the (event, sequence) pairs of the same batch that had landed before the loss: they are
+    facts now, and whatever they imply must still be done.
+    """
+
+    appended: list[tuple[object, int]]
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.appended = []
 
 
 class ConnectError(NatibError):

@@ -10,7 +10,7 @@ from natib.messages import codec, subjects
 from natib.messages import events as ev
 from natib.messages.codec import UndecodableMessage
 from natib.messages.state import ExperimentState
-from natib.runtime.bus import Bus, RawMessage
+from natib.runtime.bus import Bus, RawMessage, WrongLastSequence
 from natib.runtime.logging import get_logger
 
 log = get_logger("natib.store")
@@ -130,18 +130,23 @@ class EventStore:
                                causation: str | None = None) -> list[int]:
         """Append controller decisions conditionally on the state's last controller event.
 
-        Raises WrongLastSequence when another writer got there first; the caller reloads and decides
-        again. Each event's message id is derived from the experiment uid and the decision, so a
-        retried append of the same decision is deduplicated.
+        Raises WrongLastSequence when another writer got there first, with the decisions that had already
+        landed in its ``appended``; the caller acts on those, reloads and decides again. Each event's message
+        id is derived from the experiment uid and the decision, so a retried append of the same decision is
+        deduplicated.
         """
         seqs: list[int] = []
         for event in decisions:
             kind = ev.event_type(event)
             env = codec.wrap(state.name, event, id=decision_id(state, event), causation=causation)
-            seq = await self.bus.append(
-                subjects.controller_event(state.name, kind), codec.encode(env), msg_id=env.id,
-                expect_last_seq=state.last_controller_seq, expect_filter=subjects.controller_events(state.name),
-            )
+            try:
+                seq = await self.bus.append(
+                    subjects.controller_event(state.name, kind), codec.encode(env), msg_id=env.id,
+                    expect_last_seq=state.last_controller_seq, expect_filter=subjects.controller_events(state.name),
+                )
+            except WrongLastSequence as exc:
+                exc.appended = list(zip(decisions, seqs, strict=False))
+                raise
             if seq == state.last_seq + 1:
                 state.apply(seq, subjects.controller_event(state.name, kind), env.time, event)
             else:

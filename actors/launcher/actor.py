@@ -211,8 +211,11 @@ class LocalLauncher:
         if collector_kind(cmd.metrics_collector) == "Custom":
             await self._start_custom(cmd, td, env, cwd, mount)
         ticks = process_start_ticks(proc.pid) or 0
-        (td.pid_file.with_suffix(".tmp")).write_text(f"{proc.pid} {ticks} {attempt}")
-        os.replace(td.pid_file.with_suffix(".tmp"), td.pid_file)
+        # The wrapper records the pid too (through pid.tmp): a temporary file of our own, so neither rename
+        # takes the other's file away; whichever lands last, the pid is the same.
+        mine = td.pid_file.with_suffix(".launcher.tmp")
+        mine.write_text(f"{proc.pid} {ticks} {attempt}")
+        os.replace(mine, td.pid_file)
         await self._announce_start(experiment, cmd.trial, attempt, proc.pid, td, cwd)
         log.info("trial_started", experiment=experiment, trial=cmd.trial, pid=proc.pid, attempt=attempt,
                  argv0=local.argv[0])
