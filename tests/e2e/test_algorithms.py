@@ -25,6 +25,7 @@ def copy_with(example: str, tag: str, **spec: object) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["sobol", "tpe", "multivariate-tpe", "bayesianoptimization", "cmaes", "pbt",
                                      "auto"])
 def test_algorithm_example_runs(example: str, tmp_path: Path, natib_env: dict[str, str]) -> None:
@@ -46,6 +47,7 @@ def test_algorithm_example_runs(example: str, tmp_path: Path, natib_env: dict[st
     assert chosen == ({"multivariate-tpe"} if example == "auto" else {example}), chosen
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["hyperband", "successive-halving"])
 def test_hyperband_ends_by_itself(example: str, tmp_path: Path, natib_env: dict[str, str]) -> None:
     path = copy_with(example, tmp_path.name, parallelTrialCount=8)

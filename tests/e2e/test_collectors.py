@@ -42,6 +42,7 @@ def small(tmp_path: Path, example: str, trials: int = 2) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", ["file-text", "file-json", "tfevent", "push", "custom", "prometheus"])
 def test_collector_kind_observes_every_epoch(example: str, tmp_path: Path, natib_env: dict[str, str]) -> None:
     path = small(tmp_path, example)

@@ -10,9 +10,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import NATIB, run_cli
+
+pytestmark = pytest.mark.slow
 
 TRIALS = 12
 
