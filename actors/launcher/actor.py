@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,21 @@ class Position:
     offsets: dict[str, int] = field(default_factory=dict)
 
 
+async def dispatch(raw: RawMessage, launch: Callable[[str, LaunchTrial], Awaitable[None]],
+                   stop: Callable[[str, StopTrial], Awaitable[None]]) -> None:
+    """Decode one launcher command and hand it to ``launch`` or ``stop`` (a command of a newer natib is skipped)."""
+    try:
+        env = codec.decode(raw.data)
+    except UndecodableMessage as exc:
+        raise PermanentError(str(exc)) from exc
+    if env is None:
+        return
+    if isinstance(env.body, LaunchTrial):
+        await launch(env.experiment, env.body)
+    elif isinstance(env.body, StopTrial):
+        await stop(env.experiment, env.body)
+
+
 class LocalLauncher:
     """Runs trials as local process groups, streaming their output to NATIB_LOGS."""
 
@@ -97,16 +113,7 @@ class LocalLauncher:
 
     async def on_command(self, raw: RawMessage) -> None:
         """Dispatch one command."""
-        try:
-            env = codec.decode(raw.data)
-        except UndecodableMessage as exc:
-            raise PermanentError(str(exc)) from exc
-        if env is None:
-            return
-        if isinstance(env.body, LaunchTrial):
-            await self.launch(env.experiment, env.body)
-        elif isinstance(env.body, StopTrial):
-            await self.stop(env.experiment, env.body)
+        await dispatch(raw, self.launch, self.stop)
 
     # -- launch --------------------------------------------------------------------------------
 

@@ -48,12 +48,12 @@ from natib.actors.launcher.actor import (
     KIND,
     LocalLauncher,
     Position,
+    dispatch,
 )
 from natib.actors.launcher.sources import Chunk, PrometheusSource, collector_kind, mount_path
 from natib.actors.launcher.template import TemplateError, find_primary_container
 from natib.messages import codec, subjects
 from natib.messages import events as ev
-from natib.messages.codec import UndecodableMessage
 from natib.messages.commands import LaunchTrial, StopTrial
 from natib.messages.spec import (
     JOB_FAILURE_CONDITION,
@@ -346,16 +346,7 @@ class KubernetesLauncher:
 
     async def on_command(self, raw: RawMessage) -> None:
         """Dispatch one command."""
-        try:
-            env = codec.decode(raw.data)
-        except UndecodableMessage as exc:
-            raise PermanentError(str(exc)) from exc
-        if env is None:
-            return
-        if isinstance(env.body, LaunchTrial):
-            await self.launch(env.experiment, env.body)
-        elif isinstance(env.body, StopTrial):
-            await self.stop(env.experiment, env.body)
+        await dispatch(raw, self.launch, self.stop)
 
     async def experiment(self, name: str) -> Experiment | None:
         """The experiment's spec, read once from its creation event."""
@@ -921,16 +912,7 @@ class LauncherRouter:
 
     async def on_command(self, raw: RawMessage) -> None:
         """Route one command to its experiment's backend."""
-        try:
-            env = codec.decode(raw.data)
-        except UndecodableMessage as exc:
-            raise PermanentError(str(exc)) from exc
-        if env is None:
-            return
-        if isinstance(env.body, LaunchTrial):
-            await self.launch(env.experiment, env.body)
-        elif isinstance(env.body, StopTrial):
-            await self.stop(env.experiment, env.body)
+        await dispatch(raw, self.launch, self.stop)
 
     async def launch(self, experiment: str, cmd: LaunchTrial) -> None:
         """Run the trial on its experiment's backend (a bad annotation fails the trial, naming it)."""

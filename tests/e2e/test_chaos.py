@@ -35,7 +35,7 @@ from natib.runtime.errors import RetryableError
 from natib.runtime.server import TestServer
 from natib.runtime.settings import Settings
 from natib.runtime.store import EventStore
-from tests.conftest import NATIB, run_cli
+from tests.conftest import NATIB, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -125,15 +125,6 @@ def completed(env: dict[str, str], name: str) -> int:
     return sum(1 for line in out.stdout.splitlines() if json.loads(line)["body"]["type"] in OUTCOMES)
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll until ``predicate()`` is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def check_log(env: dict[str, str], name: str, trials: int) -> dict[str, int]:

@@ -6,14 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import NATIB, run_cli
+from tests.conftest import NATIB, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -52,15 +51,6 @@ def events(env: dict[str, str], name: str) -> list[dict[str, object]]:
     return [json.loads(line) for line in out.stdout.splitlines()]
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    """Poll until ``predicate()`` is truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 OUTCOMES = ("trial.succeeded", "trial.failed", "trial.metrics-unavailable")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import NATIB, REPO, run_cli
+from tests.conftest import NATIB, REPO, run_cli, wait_for
 
 pytest.importorskip("torch", reason="the NAS algorithms and trial programs need the nas extra")
 
@@ -85,14 +84,6 @@ def start(env: dict[str, str], kind: str, log: Path) -> subprocess.Popen[bytes]:
                             start_new_session=True)
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
