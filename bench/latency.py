@@ -51,7 +51,7 @@ LOW, HIGH = -5.0, 5.0
 
 #: natib name -> how the Optuna counterpart is built, for the table's notes.
 OPTUNA_NAMES: dict[str, str] = {
-    "tpe": "TPESampler",
+    "tpe": "TPESampler(multivariate=False)",
     "multivariate-tpe": "TPESampler(multivariate=True)",
     "cmaes": "CmaEsSampler",
     "sobol": 'QMCSampler(qmc_type="sobol", scramble=True)',
@@ -142,7 +142,8 @@ def make_sampler(name: str, seed: int) -> Any:
 
     s = optuna.samplers
     if name == "tpe":
-        return s.TPESampler(seed=seed)
+        # Optuna 5's TPESampler is multivariate unless told otherwise; natib's tpe is the independent one.
+        return s.TPESampler(seed=seed, multivariate=False)
     if name == "multivariate-tpe":
         return s.TPESampler(seed=seed, multivariate=True)
     if name == "cmaes":

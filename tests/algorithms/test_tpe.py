@@ -186,3 +186,43 @@ def test_fast_with_a_thousand_results(alg: str) -> None:
         algo.suggest(space, history, 1, {}, seed, "minimize")
         timings.append(time.perf_counter() - start)
     assert min(timings) < 0.2
+
+
+def _narrow_optimum(a: Assignment) -> float:
+    """A plateau of 3 reached in every list combination, and a narrow 2 in one combination only.
+
+    Shaped like logistic regression's CV error over (log C, fit_intercept, class_weight) on a small data set:
+    ties everywhere, and the best value a band of C next to worse values.
+    """
+    x = math.log10(float(a["c"]))
+    if a["a"] == "yes" and a["b"] == "yes":
+        if -0.9 <= x <= -0.3:
+            return 2.0
+        if -1.2 <= x <= 0.5:
+            return 4.0
+        if x < -1.2:
+            return 4.0 + 5.0 * (-1.2 - x)
+        return 5.0 if x <= 2.0 else 3.0
+    return 3.0 + 2.0 * max(0.0, -x)
+
+
+@pytest.mark.parametrize("alg", BOTH)
+def test_finds_a_narrow_optimum_beside_a_plateau(alg: str) -> None:
+    """A good group that is too large (a quarter of the results) fills with plateau ties and never leaves it:
+    2 or 3 seeds in 30 found the optimum that way, against 11 to 13 now and 13 to 17 for Optuna's TPE."""
+    space = SearchSpace(
+        (
+            Parameter("c", "double", 1e-4, 1e4, distribution="logUniform"),
+            Parameter("a", "categorical", values=("yes", "no")),
+            Parameter("b", "categorical", values=("yes", "no")),
+        )
+    )
+    algo = get_algorithm(alg)
+    found = 0
+    for seed in range(30):
+        history: list[Trial] = []
+        while len(history) < 60:
+            for a in algo.suggest(space, history, 1, {}, seed, "minimize").assignments:
+                history.append(Trial(f"t{len(history)}", a, "succeeded", objective=_narrow_optimum(a)))
+        found += min(t.objective for t in history if t.objective is not None) == 2.0
+    assert found >= 8, found
