@@ -157,11 +157,13 @@ def test_small_finite_space_is_used_up_without_repeats(alg: str) -> None:
 # --- quality and speed ----------------------------------------------------------------------------------------
 
 
-def _best_found(alg: str, space: SearchSpace, f: Callable[[Assignment], float], seed: int) -> float:
+def _best_found(
+    alg: str, space: SearchSpace, f: Callable[[Assignment], float], seed: int, batch: int = 4
+) -> float:
     algo = get_algorithm(alg)
     history: list[Trial] = []
     while len(history) < 60:
-        for a in algo.suggest(space, history, 4, {}, seed, "minimize").assignments:
+        for a in algo.suggest(space, history, batch, {}, seed, "minimize").assignments:
             history.append(Trial(f"t{len(history)}", a, "succeeded", objective=f(a)))
     return min(t.objective for t in history if t.objective is not None)
 
@@ -217,12 +219,5 @@ def test_finds_a_narrow_optimum_beside_a_plateau(alg: str) -> None:
             Parameter("b", "categorical", values=("yes", "no")),
         )
     )
-    algo = get_algorithm(alg)
-    found = 0
-    for seed in range(30):
-        history: list[Trial] = []
-        while len(history) < 60:
-            for a in algo.suggest(space, history, 1, {}, seed, "minimize").assignments:
-                history.append(Trial(f"t{len(history)}", a, "succeeded", objective=_narrow_optimum(a)))
-        found += min(t.objective for t in history if t.objective is not None) == 2.0
+    found = sum(_best_found(alg, space, _narrow_optimum, seed, batch=1) == 2.0 for seed in range(30))
     assert found >= 8, found
